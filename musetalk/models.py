@@ -1,0 +1,140 @@
+"""Which files a MuseTalk version needs, where they are, and the bundle of networks built from them.
+
+Networks are read from disk the first time a stage needs them, so a workflow that only detects faces never reads the
+3.4 GB UNet, and ComfyUI can start and validate graphs without any weight present.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+
+from .runtime import Runtime
+from .weights import DOWNLOAD_HINT, WeightsError
+
+VERSIONS = ("v1.5", "v1.0")
+PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+MANIFEST_PATH = os.path.join(PACK_MODELS_DIR, "manifest.json")
+VAE_FOLDERS = ("sd-vae", "sd-vae-ft-mse")  # the HEAD and the original v1.0 folder names of the same weights
+
+
+def load_manifest():
+    with open(MANIFEST_PATH) as f:
+        return json.load(f)["files"]
+
+
+def manifest_files(version):
+    """Manifest entries `version` needs ("all" for every version)."""
+    return [e for e in load_manifest() if version == "all" or version in e["versions"]]
+
+
+def standalone_models_dir(explicit=None):
+    """--models DIR, else $MUSETALK_MODELS, else the pack's own models/ folder."""
+    return explicit or os.environ.get("MUSETALK_MODELS") or PACK_MODELS_DIR
+
+
+@dataclass
+class ModelFiles:
+    """Resolves manifest paths against one or more models folders (ComfyUI may register several).
+
+    `vae_file` optionally names a single-file VAE (e.g. from ComfyUI's models/vae) that replaces the sd-vae folder.
+    """
+
+    roots: list
+    vae_file: str = None
+
+    def find(self, relpath):
+        for root in self.roots:
+            path = os.path.join(root, relpath)
+            if os.path.exists(path):
+                return path
+        return None
+
+    def require(self, version, component):
+        """Paths of `component`'s files for `version`, in manifest order; raises WeightsError naming the fix."""
+        if component == "vae":
+            return [self._vae_path(version)]
+        entries = [e for e in manifest_files(version) if e["component"] == component]
+        paths = [self.find(e["path"]) for e in entries]
+        missing = [e["path"] for e, p in zip(entries, paths) if p is None]
+        if missing:
+            raise WeightsError(os.path.join(self.roots[0], missing[0]), "file not found",
+                               f"MuseTalk {version} {component}: {', '.join(missing)} under one of {self.roots}",
+                               self._fix(version) + self._other_version_hint(version, component))
+        return paths
+
+    def _vae_path(self, version):
+        if self.vae_file:
+            return self.vae_file
+        for folder in VAE_FOLDERS:
+            path = self.find(folder)
+            if path and os.path.isfile(os.path.join(path, "config.json")):
+                return path
+        raise WeightsError(os.path.join(self.roots[0], VAE_FOLDERS[0]), "folder not found",
+                           "the sd-vae-ft-mse autoencoder as a diffusers folder (sd-vae/ or sd-vae-ft-mse/) "
+                           "or a single vae-ft-mse-840000-ema-pruned.safetensors file", self._fix(version))
+
+    def _fix(self, version):
+        return f"run `{DOWNLOAD_HINT.format(version=version)}` (add `--to DIR` for another models folder)"
+
+    def _other_version_hint(self, version, component):
+        other = next(v for v in VERSIONS if v != version)
+        entries = [e for e in manifest_files(other) if e["component"] == component and version not in e["versions"]]
+        found = [e["path"] for e in entries if self.find(e["path"])]
+        if found:
+            return f"; found {', '.join(found)}, which belongs to {other}: select version {other} to use it"
+        return ""
+
+
+@dataclass
+class MuseTalkModels:
+    """Everything one MuseTalk version needs; each network is built on first use and then kept."""
+
+    version: str
+    files: ModelFiles
+    runtime: Runtime
+    precision: str = "auto"
+    _built: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.version not in VERSIONS:
+            raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
+
+    def _get(self, component, role, build):
+        if component not in self._built:
+            paths = self.files.require(self.version, component)
+            expected = f"the MuseTalk {self.version} {component} checkpoint"
+            fix = (f"re-download it with `{DOWNLOAD_HINT.format(version=self.version)}` "
+                   f"(a damaged or other-version file must be deleted first)")
+            module = build(paths, expected, fix)
+            self._built[component] = self.runtime.manage(module, role, self.precision)
+        return self._built[component]
+
+    def unet(self):
+        from .networks.unet import load_unet
+
+        return self._get("unet", "unet", lambda p, e, f: load_unet(p[0], p[1], e, f))
+
+    def vae(self):
+        from .networks.vae import load_vae
+
+        return self._get("vae", "vae", lambda p, e, f: load_vae(p[0], e, f))
+
+    def whisper(self):
+        from .networks.whisper import load_whisper
+
+        # v1.5 uses the HF folder (config.json + weights), v1.0 the openai-format tiny.pt
+        return self._get("whisper", "audio", lambda p, e, f: load_whisper(os.path.dirname(p[0]) if len(p) > 1 else p[0], e, f))
+
+    def dwpose(self):
+        from .networks.rtmpose import load_rtmpose
+
+        return self._get("dwpose", "face", lambda p, e, f: load_rtmpose(p[0], e, f))
+
+    def face_parser(self):
+        from .networks.bisenet import load_bisenet
+
+        return self._get("face_parsing", "face", lambda p, e, f: load_bisenet(p[0], e, f))
+
+    def face_detector(self):
+        from .networks.s3fd import load_s3fd
+
+        return self._get("s3fd", "face", lambda p, e, f: load_s3fd(p[0], e, f))

@@ -1,0 +1,88 @@
+"""The sd-vae-ft-mse autoencoder (diffusers `AutoencoderKL`), from any of the three forms users have on disk:
+
+* the diffusers folder MuseTalk downloads (`sd-vae/` or the v1.0 name `sd-vae-ft-mse/`), whose 2022 `.bin` still uses
+  the legacy mid-block attention names `query/key/value/proj_attn`;
+* the same folder with current names or a `.safetensors` file;
+* the single-file original-layout checkpoint ComfyUI users keep in `models/vae`
+  (`vae-ft-mse-840000-ema-pruned.safetensors`): the same weights under CompVis names.
+"""
+import json
+import os
+import re
+
+import torch
+
+from ..weights import WeightsError, load_strict, read_state_dict
+
+# sd-vae-ft-mse's config; a single-file checkpoint carries none, and MuseTalk only ever uses this autoencoder
+SD_VAE_CONFIG = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "in_channels": 3, "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 256,
+}
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def load_vae(path, expected, fix):
+    """`path` is a diffusers folder or a single-file checkpoint; returns a CPU fp32 AutoencoderKL in eval mode."""
+    from diffusers import AutoencoderKL
+
+    if os.path.isdir(path):
+        weights = next((os.path.join(path, n) for n in _WEIGHT_NAMES if os.path.isfile(os.path.join(path, n))),
+                       os.path.join(path, _WEIGHT_NAMES[-1]))
+        config_path = os.path.join(path, "config.json")
+        try:
+            with open(config_path) as f:
+                config = json.load(f)
+        except (OSError, ValueError) as error:
+            raise WeightsError(config_path, f"cannot be read as JSON ({error})", expected, fix) from error
+        state = _modern_attention_names(read_state_dict(weights, expected, fix))
+    else:
+        weights, config = path, SD_VAE_CONFIG
+        state = read_state_dict(weights, expected, fix, unwrap=("state_dict",))
+        if any(k.startswith("encoder.down.") for k in state):
+            state = from_original_layout(state)
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(config)
+    return load_strict(vae, state, weights, expected, fix, assign=True)
+
+
+def _modern_attention_names(state):
+    def rename(key):
+        head, _, leaf = key.rpartition(".")
+        module, _, name = head.rpartition(".")
+        if ".attentions." in module and name in _LEGACY_ATTENTION:
+            return f"{module}.{_LEGACY_ATTENTION[name]}.{leaf}"
+        return key
+
+    return {rename(k): v for k, v in state.items()}
+
+
+_ORIGINAL_RULES = [
+    (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+    (r"^(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.(q|k|v)\.", r"\1.mid_block.attentions.0.to_\2."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
+    (r"^encoder\.down\.(\d)\.block\.", r"encoder.down_blocks.\1.resnets."),
+    (r"^encoder\.down\.(\d)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+    # the original decoder counts its levels from the bottom, diffusers from the top
+    (r"^decoder\.up\.(\d)\.block\.", lambda m: f"decoder.up_blocks.{3 - int(m[1])}.resnets."),
+    (r"^decoder\.up\.(\d)\.upsample\.", lambda m: f"decoder.up_blocks.{3 - int(m[1])}.upsamplers.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."),
+]
+
+
+def from_original_layout(state):
+    """CompVis/ldm key names (as in ComfyUI's models/vae files) to diffusers names; drops training-only entries."""
+    converted = {}
+    for key, value in state.items():
+        if not key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+            continue  # loss.*, model_ema.* and similar training leftovers
+        for pattern, replacement in _ORIGINAL_RULES:
+            key = re.sub(pattern, replacement, key)
+        if ".mid_block.attentions.0.to_" in key and value.ndim == 4:
+            value = value[:, :, 0, 0]  # 1x1 convolutions there became linear layers
+        converted[key] = value
+    return converted

@@ -1,0 +1,10 @@
+"""ComfyUI adapters: each node converts ComfyUI types, calls the engine in ../musetalk, and converts back."""
+from . import loaders
+
+NODE_MODULES = [loaders]
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _module in NODE_MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
