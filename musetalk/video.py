@@ -1,0 +1,201 @@
+"""Media input and output for the command line, through PyAV (it bundles FFmpeg; no ffmpeg binary is needed).
+
+Frames are uint8 RGB numpy arrays [H,W,3]; audio is float32 [C,T] in -1..1 with its sample rate.
+"""
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class MediaError(ValueError):
+    """An input file or folder cannot be used; the message says which and why."""
+
+
+@dataclass
+class FrameSource:
+    """Source frames with random access in runs: a decoded video keeps only a window of frames in memory."""
+
+    path: str
+    fps: float
+    count: int
+    size: tuple  # (height, width)
+
+    def frames(self, start, stop):
+        """uint8 RGB [stop-start, H, W, 3] for frames start..stop-1."""
+        raise NotImplementedError
+
+
+class ImageFrames(FrameSource):
+    def __init__(self, path, images, fps):
+        self._images = images
+        super().__init__(path, fps, len(images), images[0].shape[:2])
+
+    def frames(self, start, stop):
+        return np.stack(self._images[start:stop])
+
+
+class VideoFrames(FrameSource):
+    """Decodes on demand. Reading forwards streams; a jump backwards seeks to the previous keyframe."""
+
+    def __init__(self, path):
+        import av
+
+        self._container = av.open(path)
+        if not self._container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise MediaError(f"{path}: the video stream has no frame rate; pass the frames as a folder with --fps")
+        self._stream = stream
+        self._next_index = None
+        self._decoder = None
+        count = stream.frames
+        if not count and stream.duration:
+            count = int(round(float(stream.duration * stream.time_base * rate)))
+        super().__init__(path, float(rate), count, (stream.height, stream.width))
+        if count == 0:
+            self.count = sum(1 for _ in self._iterate_from(0))
+
+    def _iterate_from(self, index):
+        """Yield (frame_index, rgb) starting at `index`, seeking to the keyframe before it."""
+        stream = self._stream
+        target = int(index / self.fps / stream.time_base) if index else 0
+        self._container.seek(target + (stream.start_time or 0), stream=stream, backward=True, any_frame=False)
+        first = None
+        for frame in self._container.decode(stream):
+            position = int(round(float((frame.pts - (stream.start_time or 0)) * stream.time_base) * self.fps))
+            first = position if first is None else first + 1  # count decoded frames; pts can be irregular
+            if first >= index:
+                yield first, frame.to_ndarray(format="rgb24")
+
+    def frames(self, start, stop):
+        if self._next_index != start:
+            self._decoder = self._iterate_from(start)
+        out = []
+        for index, rgb in self._decoder:
+            out.append(rgb)
+            if index + 1 >= stop:
+                break
+        self._next_index = stop
+        if len(out) != stop - start:
+            raise MediaError(f"{self.path}: could only decode {len(out)} of frames {start}..{stop - 1}")
+        return np.stack(out)
+
+
+def open_frames(path, fps=25.0):
+    """A video file, a single image or a folder of images (sorted by the number in their names) as a FrameSource.
+
+    `fps` applies to images and folders; a video keeps its own rate."""
+    if os.path.isdir(path):
+        names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not names:
+            raise MediaError(f"{path}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        names.sort(key=_natural_key)
+        return ImageFrames(path, [_read_image(os.path.join(path, n)) for n in names], fps)
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file or folder")
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return ImageFrames(path, [_read_image(path)], fps)
+    return VideoFrames(path)
+
+
+def _natural_key(name):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _read_image(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_audio(path):
+    """Every audio sample of a file (wav, mp3, the audio track of a video...) as float32 [C,T] and its rate."""
+    import av
+
+    try:
+        container = av.open(path)
+    except (OSError, av.FFmpegError) as error:
+        raise MediaError(f"{path}: cannot be opened as audio ({error})") from error
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: has no audio stream")
+        stream = container.streams.audio[0]
+        channels = stream.codec_context.channels
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        chunks = [f.to_ndarray() for frame in container.decode(stream) for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    if not chunks:
+        raise MediaError(f"{path}: the audio stream is empty")
+    return np.concatenate(chunks, axis=1).reshape(channels, -1).astype(np.float32), stream.rate
+
+
+def fit_audio(waveform, sample_rate, seconds):
+    """Trim or zero-pad [C,T] audio to exactly `seconds` so that the video and audio tracks end together."""
+    length = int(round(seconds * sample_rate))
+    if waveform.shape[1] >= length:
+        return waveform[:, :length]
+    return np.pad(waveform, ((0, 0), (0, length - waveform.shape[1])))
+
+
+class VideoWriter:
+    """H.264 (yuv420p, crf 18) with an optional AAC track; odd sizes are padded by one edge row/column for yuv420p."""
+
+    def __init__(self, path, fps, size, audio=None, crf=18):
+        import av
+
+        self._av = av
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._container = av.open(path, "w")
+        self._height, self._width = size
+        self._fps = float(fps)
+        self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
+        self._video.width = self._width + self._width % 2
+        self._video.height = self._height + self._height % 2
+        self._video.pix_fmt = "yuv420p"
+        self._video.options = {"crf": str(crf)}
+        self._audio = audio
+        self._audio_stream = None
+        if audio is not None:  # every stream must exist before the first packet is written
+            waveform, sample_rate = audio
+            self._audio_layout = {1: "mono", 2: "stereo"}.get(waveform.shape[0], "mono")
+            self._audio_stream = self._container.add_stream("aac", rate=sample_rate)
+            self._audio_stream.layout = self._audio_layout
+        self.frames_written = 0
+
+    def write(self, frames):
+        """frames: uint8 RGB [B,H,W,3]."""
+        pad = ((0, 0), (0, self._height % 2), (0, self._width % 2), (0, 0))
+        if any(p[1] for p in pad):
+            frames = np.pad(frames, pad, mode="edge")
+        for rgb in frames:
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in self._video.encode(frame):
+                self._container.mux(packet)
+        self.frames_written += len(frames)
+
+    def close(self):
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        if self._audio is not None:
+            self._write_audio(*self._audio)
+        self._container.close()
+
+    def _write_audio(self, waveform, sample_rate):
+        if waveform.shape[0] > 2:  # AAC in mp4 is written as mono or stereo; more channels are mixed down
+            waveform = waveform.mean(axis=0, keepdims=True)
+        seconds = self.frames_written / self._fps
+        waveform = np.ascontiguousarray(fit_audio(waveform, sample_rate, seconds), dtype=np.float32)
+        frame = self._av.AudioFrame.from_ndarray(waveform, format="fltp", layout=self._audio_layout)
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        stream = self._audio_stream
+        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+            self._container.mux(packet)
