@@ -4,6 +4,8 @@ Every failure becomes a `WeightsError` that names the file, what was expected th
 MuseTalk install mixes files from six sources and a wrong or truncated file is the most common support question.
 """
 import os
+import pickle
+import types
 
 import torch
 
@@ -31,16 +33,49 @@ def read_state_dict(path, expected, fix, unwrap=()):
 
             state = load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            state = _torch_load(path)
     except Exception as error:  # torch and safetensors raise many types for a damaged file
         raise WeightsError(path, f"cannot be read ({type(error).__name__}: {error}); the file is damaged, "
                                  "truncated or not a checkpoint", expected, fix) from error
     for key in unwrap:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) or not state:
         raise WeightsError(path, "holds no tensor dictionary", expected, fix)
     return state
+
+
+def _torch_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError:
+        # Training checkpoints (mmengine's DWPose file) carry metadata objects the weights-only loader refuses;
+        # read them with an unpickler that rebuilds tensors and turns everything else into inert placeholders.
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TENSORS_ONLY, mmap=_is_zip(path))
+
+
+class _Inert:
+    """Stands in for any non-tensor object of a checkpoint; constructing or filling it runs no code."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+_TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+                   ("torch._utils", "_rebuild_parameter"), ("collections", "OrderedDict"), ("torch", "Size")}
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _TENSOR_GLOBALS or (module == "torch" and name.endswith("Storage")):
+            return super().find_class(module, name)
+        return _Inert
+
+
+_TENSORS_ONLY = types.SimpleNamespace(Unpickler=_TensorsOnlyUnpickler, load=None, __name__="tensors_only")
 
 
 def _is_zip(path):

@@ -2,6 +2,7 @@
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,10 +48,30 @@ def test_another_networks_file_is_rejected(models_dir):
         _load(os.path.join(models_dir, "s3fd", "s3fd-619a316812.pth"))
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # would create the marker file if unpickled normally
+
+
 def test_pickled_code_is_never_executed(tmp_path):
-    torch.save({"weight": torch.zeros(1), "payload": object()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="cannot be read"):
+    marker = tmp_path / "executed"
+    torch.save({"weight": torch.zeros(1), "payload": _Payload(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="holds no tensor dictionary"):
         read_state_dict(str(tmp_path / "evil.pth"), "x", "y")
+    assert not marker.exists()
+
+
+def test_training_checkpoint_metadata_is_skipped(tmp_path):
+    """mmengine-style files: weights under state_dict, arbitrary objects under meta."""
+    state = {"layer.weight": torch.ones(2, 3)}
+    marker = tmp_path / "executed"
+    torch.save({"state_dict": state, "meta": {"array": np.ones(3), "hook": _Payload(str(marker))}}, tmp_path / "m.pth")
+    loaded = read_state_dict(str(tmp_path / "m.pth"), "x", "y", unwrap=("state_dict",))
+    assert list(loaded) == ["layer.weight"] and torch.equal(loaded["layer.weight"], state["layer.weight"])
+    assert not marker.exists()
 
 
 def test_safetensors_and_prefixed_state_dicts(models_dir, tmp_path):
