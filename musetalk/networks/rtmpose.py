@@ -261,7 +261,8 @@ def _check_frames(frames_bgr):
         if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
             got = f"{type(frame).__name__} {getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}"
             raise ValueError(f"estimate_keypoints: frame {i} must be a uint8 BGR numpy array [H,W,3], got {got}")
-    return frames
+    # cv2 rejects negative-stride views such as rgb[..., ::-1]
+    return [np.ascontiguousarray(frame) for frame in frames]
 
 
 def _frame_boxes(frames, boxes):
@@ -290,7 +291,7 @@ def _predict_logits(network, crops_bgr, device, dtype, flip_test):
         x, y = network(pixels)
         return x.float(), y.float()
     # Two calls rather than one batch of both, as mmpose does: the convolutions' rounding depends on the batch
-    # size, and the flip-averaged logits of mirror-symmetric points often tie within that rounding.
+    # size, and the flip-averaged logits of mirror-symmetric points can tie within that rounding.
     x, y = network(pixels)
     x_flip, y_flip = network(pixels.flip(-1))
     # the mirrored crop's left wrist is the original's right wrist, and its x bins run backwards
