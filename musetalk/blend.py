@@ -27,10 +27,9 @@ def _linear_taps(src_size, dst_size, clamp_weights):
         outside = (index < 0) | (index >= src_size - 1)
         frac[outside] = 0
         index = np.where(index < 0, 0, np.where(index >= src_size - 1, src_size - 1, index))
-    w0 = np.rint((np.float32(1) - frac) * _COEF_SCALE)
-    w1 = np.rint(frac * _COEF_SCALE)
-    taps = (np.clip(index, 0, src_size - 1), np.clip(index + 1, 0, src_size - 1), w0, w1)
-    return [torch.from_numpy(t.astype(np.int64)) for t in taps]
+    weights = [np.rint(w * _COEF_SCALE).astype(np.int32) for w in (np.float32(1) - frac, frac)]
+    indices = [np.clip(i, 0, src_size - 1) for i in (index, index + 1)]
+    return [torch.from_numpy(t) for t in indices + weights]
 
 
 def resize_linear_u8(faces, out_h, out_w):
@@ -49,11 +48,8 @@ def resize_linear_u8(faces, out_h, out_w):
     x0, x1, a0, a1 = (t.to(device) for t in _linear_taps(w, out_w, clamp_weights=True))
     y0, y1, b0, b1 = (t.to(device) for t in _linear_taps(h, out_h, clamp_weights=False))
     src = faces.to(torch.int32)
-    rows = src[:, :, x0] * a0.to(torch.int32)[:, None] + src[:, :, x1] * a1.to(torch.int32)[:, None]
-    rows = rows >> 4
-    b0 = b0.to(torch.int32)[:, None, None]
-    b1 = b1.to(torch.int32)[:, None, None]
-    out = (((rows[:, y0] * b0) >> 16) + ((rows[:, y1] * b1) >> 16) + 2) >> 2
+    rows = (src[:, :, x0] * a0[:, None] + src[:, :, x1] * a1[:, None]) >> 4
+    out = (((rows[:, y0] * b0[:, None, None]) >> 16) + ((rows[:, y1] * b1[:, None, None]) >> 16) + 2) >> 2
     return out.clamp(0, 255).to(torch.uint8)
 
 
@@ -85,10 +81,13 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"paste_faces expects frames uint8 [B,H,W,3], got {frames.dtype} {tuple(frames.shape)}")
+    if faces.dtype != torch.uint8 or faces.ndim != 4 or faces.shape[-1] != 3:
+        raise ValueError(f"paste_faces expects faces uint8 [B,h,w,3], got {faces.dtype} {tuple(faces.shape)}")
     count = frames.shape[0]
     if not (len(faces) == len(face_boxes) == len(masks) == len(crop_boxes) == count):
         raise ValueError(f"paste_faces needs one face, face box, mask and crop box per frame: {count} frames, "
-                         f"{len(faces)} faces, {len(face_boxes)} boxes, {len(masks)} masks, {len(crop_boxes)} crop boxes")
+                         f"{len(faces)} faces, {len(face_boxes)} boxes, {len(masks)} masks, "
+                         f"{len(crop_boxes)} crop boxes")
     device = frames.device
     out = frames.clone()
     height, width = frames.shape[1:3]
@@ -98,9 +97,10 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
         fx1, fy1, fx2, fy2 = _box(face_boxes[i], "face box", i)
         cx1, cy1, cx2, cy2 = _box(crop_boxes[i], "crop box", i)
         mask = masks[i] if isinstance(masks[i], torch.Tensor) else torch.from_numpy(np.ascontiguousarray(masks[i]))
-        if mask.shape != (cy2 - cy1, cx2 - cx1):
-            raise ValueError(f"frame {i}: mask shape {tuple(mask.shape)} does not match crop box "
-                             f"{[cx1, cy1, cx2, cy2]}; pass the mask and crop box that blend_mask returned together")
+        if mask.dtype != torch.uint8 or mask.shape != (cy2 - cy1, cx2 - cx1):
+            raise ValueError(f"frame {i}: mask {mask.dtype} {tuple(mask.shape)} does not match crop box "
+                             f"{[cx1, cy1, cx2, cy2]} (uint8 [y2-y1, x2-x1] expected); "
+                             "pass the mask and crop box that blend_mask returned together")
         # only the part of the crop box inside the frame is ever written (PIL clips the paste)
         vx1, vy1, vx2, vy2 = max(cx1, 0), max(cy1, 0), min(cx2, width), min(cy2, height)
         if vx1 >= vx2 or vy1 >= vy2:

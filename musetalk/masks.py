@@ -18,7 +18,7 @@ PARSING_MODES = ("jaw", "raw", "neck", "v1.0")
 CROP_EXPAND = {"jaw": 1.5, "raw": 1.5, "neck": 1.5, "v1.0": 1.2}
 #: Gaussian blur kernel = this ratio of the crop width, for the offline path (`get_image`) of each version
 OFFLINE_BLUR_RATIO = {"jaw": 0.05, "raw": 0.05, "neck": 0.05, "v1.0": 0.1}
-#: the realtime path (`get_image_prepare_material`) blurs with 0.1 in both versions, so its edges are softer (spec §7 Q8)
+#: the realtime path (`get_image_prepare_material`) blurs with 0.1 in both versions: softer edges (spec §7 Q8)
 PREPARED_BLUR_RATIO = 0.1
 #: rows of the crop above this fraction of its height never take generated pixels: only the lower face talks
 UPPER_BOUNDARY_RATIO = 0.5
@@ -178,7 +178,7 @@ def blend_mask(mask512, face_box, mode, blur_ratio=None):
 
 
 def _frame_u8(frame, index):
-    array = frame.numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+    array = frame.cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"frame {index}: expected a uint8 [H,W,3] RGB image, got {array.dtype} {tuple(array.shape)}")
     return array
