@@ -1,0 +1,117 @@
+"""Paste generated faces back into their frames, as tensors on any device (spec §5 step 5, §6 step 7).
+
+This runs once per output frame, so it avoids PIL and OpenCV yet reproduces their integer arithmetic exactly:
+`resize_linear_u8` is OpenCV's fixed-point `cv2.resize(..., INTER_LINEAR)` on uint8, and `paste_faces` is PIL's
+`Image.paste(image, box, mask)` with an 8-bit mask. All the maths is per channel, so frames and faces may be in RGB or
+BGR order as long as both use the same one (the golden fixtures are BGR, ComfyUI images RGB).
+"""
+import numpy as np
+import torch
+
+INTER_RESIZE_COEF_BITS = 11  # OpenCV's fixed-point weights: 1.0 == 2048
+_COEF_SCALE = np.float32(1 << INTER_RESIZE_COEF_BITS)
+
+
+def _linear_taps(src_size, dst_size, clamp_weights):
+    """Source indices and 11-bit weights of OpenCV's bilinear resize along one axis.
+
+    The positions follow OpenCV: scale = 1 / (dst / src) in double, (d + 0.5) * scale - 0.5 rounded to float32, the
+    fraction turned into weights with round-half-even. Columns (`clamp_weights`) that fall outside the source get
+    the edge pixel with weight 1; rows keep their weights and only clamp the row index, as OpenCV does.
+    """
+    scale = 1.0 / (dst_size / src_size)
+    pos = ((np.arange(dst_size) + 0.5) * scale - 0.5).astype(np.float32)
+    index = np.floor(pos).astype(np.int64)
+    frac = pos - index.astype(np.float32)
+    if clamp_weights:
+        outside = (index < 0) | (index >= src_size - 1)
+        frac[outside] = 0
+        index = np.where(index < 0, 0, np.where(index >= src_size - 1, src_size - 1, index))
+    weights = [np.rint(w * _COEF_SCALE).astype(np.int32) for w in (np.float32(1) - frac, frac)]
+    indices = [np.clip(i, 0, src_size - 1) for i in (index, index + 1)]
+    return [torch.from_numpy(t) for t in indices + weights]
+
+
+def resize_linear_u8(faces, out_h, out_w):
+    """uint8 [B,h,w,C] -> uint8 [B,out_h,out_w,C], bit-exact with `cv2.resize(img, (out_w, out_h))` (INTER_LINEAR).
+
+    OpenCV's uint8 path: a horizontal pass into 2048-scaled ints, then a vertical pass that pre-shifts by 4, takes the
+    high 16 bits of each product (its SIMD multiply) and rounds by 2 bits. Integer tensor ops only, so it runs on any
+    device. (OpenCV's exact-2x shortcut to INTER_AREA gives the same numbers, which this formula reproduces.)
+    """
+    if faces.dtype != torch.uint8 or faces.ndim != 4:
+        raise ValueError(f"resize_linear_u8 expects uint8 [B,h,w,C], got {faces.dtype} {tuple(faces.shape)}")
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"resize target must be at least 1x1, got {out_w}x{out_h}")
+    _, h, w, _ = faces.shape
+    device = faces.device
+    x0, x1, a0, a1 = (t.to(device) for t in _linear_taps(w, out_w, clamp_weights=True))
+    y0, y1, b0, b1 = (t.to(device) for t in _linear_taps(h, out_h, clamp_weights=False))
+    src = faces.to(torch.int32)
+    rows = (src[:, :, x0] * a0[:, None] + src[:, :, x1] * a1[:, None]) >> 4
+    out = (((rows[:, y0] * b0[:, None, None]) >> 16) + ((rows[:, y1] * b1[:, None, None]) >> 16) + 2) >> 2
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def _div255(a):
+    # PIL's rounding division by 255, exact for 0 <= a <= 255*255
+    a = a + 128
+    return ((a >> 8) + a) >> 8
+
+
+def _box(box, what, index):
+    try:
+        x1, y1, x2, y2 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"frame {index}: {what} must be (x1, y1, x2, y2), got {box!r}") from None
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"frame {index}: {what} {[x1, y1, x2, y2]} is empty; give None for frames without a face")
+    return x1, y1, x2, y2
+
+
+def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
+    """Paste each generated face into its frame through its blend mask, as the official `get_image(_blending)`.
+
+    frames: uint8 [B,H,W,3]; faces: uint8 [B,h,w,3] (the 256x256 generated crops), on the frames' device or movable
+    there; face_boxes: B boxes (x1, y1, x2, y2) or None (that frame is returned unchanged); masks: B uint8 [2s,2s]
+    arrays or tensors from `masks.blend_mask`; crop_boxes: the B matching crop boxes. Returns new uint8 [B,H,W,3].
+
+    Per frame: the face is resized to its box (`resize_linear_u8`) and written over the frame's own pixels inside
+    the crop box; then, where the crop box overlaps the frame, out = DIV255(frame*(255-m) + composed*m) per channel.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"paste_faces expects frames uint8 [B,H,W,3], got {frames.dtype} {tuple(frames.shape)}")
+    if faces.dtype != torch.uint8 or faces.ndim != 4 or faces.shape[-1] != 3:
+        raise ValueError(f"paste_faces expects faces uint8 [B,h,w,3], got {faces.dtype} {tuple(faces.shape)}")
+    count = frames.shape[0]
+    if not (len(faces) == len(face_boxes) == len(masks) == len(crop_boxes) == count):
+        raise ValueError(f"paste_faces needs one face, face box, mask and crop box per frame: {count} frames, "
+                         f"{len(faces)} faces, {len(face_boxes)} boxes, {len(masks)} masks, "
+                         f"{len(crop_boxes)} crop boxes")
+    device = frames.device
+    out = frames.clone()
+    height, width = frames.shape[1:3]
+    for i in range(count):
+        if face_boxes[i] is None:
+            continue
+        fx1, fy1, fx2, fy2 = _box(face_boxes[i], "face box", i)
+        cx1, cy1, cx2, cy2 = _box(crop_boxes[i], "crop box", i)
+        mask = masks[i] if isinstance(masks[i], torch.Tensor) else torch.from_numpy(np.ascontiguousarray(masks[i]))
+        if mask.dtype != torch.uint8 or mask.shape != (cy2 - cy1, cx2 - cx1):
+            raise ValueError(f"frame {i}: mask {mask.dtype} {tuple(mask.shape)} does not match crop box "
+                             f"{[cx1, cy1, cx2, cy2]} (uint8 [y2-y1, x2-x1] expected); "
+                             "pass the mask and crop box that blend_mask returned together")
+        # only the part of the crop box inside the frame is ever written (PIL clips the paste)
+        vx1, vy1, vx2, vy2 = max(cx1, 0), max(cy1, 0), min(cx2, width), min(cy2, height)
+        if vx1 >= vx2 or vy1 >= vy2:
+            continue
+        body = frames[i, vy1:vy2, vx1:vx2]
+        composed = body.clone()
+        face = resize_linear_u8(faces[i:i + 1].to(device), fy2 - fy1, fx2 - fx1)[0]
+        px1, py1, px2, py2 = max(fx1, vx1), max(fy1, vy1), min(fx2, vx2), min(fy2, vy2)
+        if px1 < px2 and py1 < py2:
+            composed[py1 - vy1:py2 - vy1, px1 - vx1:px2 - vx1] = face[py1 - fy1:py2 - fy1, px1 - fx1:px2 - fx1]
+        m = mask[vy1 - cy1:vy2 - cy1, vx1 - cx1:vx2 - cx1].to(device=device, dtype=torch.int32)[..., None]
+        blended = body.to(torch.int32) * (255 - m) + composed.to(torch.int32) * m
+        out[i, vy1:vy2, vx1:vx2] = _div255(blended).to(torch.uint8)
+    return out
