@@ -76,7 +76,7 @@ def test_truncated_file_is_reported(models_dir, tmp_path):
 
 def test_other_networks_file_is_reported(models_dir):
     path = os.path.join(models_dir, "dwpose", "dw-ll_ucoco_384.pth")
-    with pytest.raises(WeightsError) as error:
+    with pytest.raises(WeightsError, match="does not match the network") as error:
         load_s3fd(path, EXPECTED, FIX)
     assert path in str(error.value) and EXPECTED in str(error.value)
 
@@ -123,7 +123,7 @@ def _alone(net, frame):
 
 def test_identical_frames_in_one_batch_give_identical_results(net, detector, frame0_rgb):
     runtime, model = detector
-    crop = np.ascontiguousarray(frame0_rgb[:128, :128])  # small: the network cost grows with the pixel count
+    crop = np.ascontiguousarray(frame0_rgb[:96, :96])  # small: the network cost grows with the pixel count
     first, second = detect_faces(model, runtime, np.stack([crop, crop]))
     assert first.dtype == np.float32 and first.shape[1] == 5 and len(first) > 0
     np.testing.assert_array_equal(first, second)
@@ -133,10 +133,10 @@ def test_identical_frames_in_one_batch_give_identical_results(net, detector, fra
 
 def test_frames_of_different_sizes_in_one_call(net, detector, frame0_rgb):
     runtime, model = detector
-    square = np.ascontiguousarray(frame0_rgb[:128, :128])
-    wide = np.ascontiguousarray(frame0_rgb[100:196, 50:210])
+    square = np.ascontiguousarray(frame0_rgb[:96, :96])
+    wide = np.ascontiguousarray(frame0_rgb[100:170, 50:180])  # 70x130: not a multiple of the 32-pixel pooling
     results = detect_faces(model, runtime, [square, wide, square])
-    assert len(results) == 3
+    assert len(results) == 3 and all(len(r) > 0 for r in results)
     np.testing.assert_array_equal(results[0], results[2])
     assert_same_rows(results[0], _alone(net, square))
     np.testing.assert_array_equal(results[1], _alone(net, wide))

@@ -22,9 +22,10 @@ CANDIDATE_SCORE = 0.05
 NMS_IOU = 0.3
 FACE_SCORE = 0.5
 VARIANCES = (0.1, 0.2)  # centre and log-size scales of the SSD box encoding
-# Frames per forward pass are chosen so that a batch holds at most this many pixels. The fp32 activations peak at
-# about 0.6 KB per input pixel (two 64-channel maps at full resolution), so two 1080p frames need about 2.5 GB,
-# while 384x384 frames still go 28 at a time. One 1080p frame already fills a GPU, so larger batches gain nothing.
+# Frames per forward pass are chosen so that a batch holds at most this many pixels. Memory peaks at about 0.7 KB
+# per input pixel (two fp32 64-channel maps at full resolution; measured 0.68 KB on the CPU at 960x540), so two 1080p
+# frames need about 3 GB, while 384x384 frames still go 28 at a time. One 1080p frame already keeps a GPU busy,
+# so larger batches would cost memory and gain little speed.
 MAX_BATCH_PIXELS = 2 * 1920 * 1080
 
 # (name, input channels, output channels, convolutions) of the VGG16 stages; each stage ends in a 2x2 max-pool
@@ -69,7 +70,7 @@ class S3FD(nn.Module):
 
     def _vgg_stage(self, stage, convs, x):
         for i in range(1, convs + 1):
-            x = F.relu(getattr(self, f"{stage}_{i}")(x))
+            x = F.relu(getattr(self, f"{stage}_{i}")(x), inplace=True)
         return x
 
     def forward(self, x):
@@ -97,7 +98,10 @@ class S3FD(nn.Module):
 
 def load_s3fd(path, expected, fix):
     """`s3fd-619a316812.pth`: a raw state dict of face_alignment's S3FD."""
-    return load_strict(S3FD(), read_state_dict(path, expected, fix), path, expected, fix)
+    # the file is a raw dict; unwrapping a "state_dict" container too turns another network's mmpose/lightning file
+    # into a "does not match the network" error that lists the keys, instead of a vaguer "no tensor dictionary"
+    state = read_state_dict(path, expected, fix, unwrap=("state_dict",))
+    return load_strict(S3FD(), state, path, expected, fix)
 
 
 # ---- post-processing ----------------------------------------------------------------------------------------------
