@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import fixture, fixture_inputs
 
-from musetalk.networks.s3fd import detect_batch, detect_faces, first_face_box, load_s3fd
+from musetalk.networks.s3fd import detect_batch, detect_faces, first_face_box, load_s3fd, nms
 from musetalk.runtime import StandaloneRuntime
 from musetalk.weights import WeightsError
 
@@ -105,6 +105,14 @@ def test_final_boxes_and_musetalk_box(frame0, golden):
     assert first_face_box(faces) == tuple(golden["fa_box"].tolist())
 
 
+def test_nms_over_faces_only_gives_the_same_faces(frame0, golden):
+    # what detect_faces does: NMS over the boxes scoring above 0.5 only (no network run here)
+    candidates = frame0.candidates[None]
+    kept = nms(candidates[..., :4], candidates[..., 4], candidates[..., 4] > 0.5)[0]
+    assert_same_rows(frame0.candidates[kept].numpy(), golden["final"])
+    assert torch.equal(frame0.candidates[kept], frame0.faces)
+
+
 def test_first_face_box_without_face():
     assert first_face_box(np.zeros((0, 5), np.float32)) is None
     assert first_face_box(np.array([[-3.7, 2.9, 10.2, 20.99, 0.9]], np.float32)) == (0, 2, 10, 20)
@@ -146,3 +154,11 @@ def test_rejects_frames_that_are_not_uint8_rgb(detector):
     runtime, model = detector
     with pytest.raises(ValueError, match="frame 1 must be a uint8 RGB image"):
         detect_faces(model, runtime, [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)])
+
+
+def test_nms_per_frame_in_a_batch():
+    # frame 0: the second box overlaps the first (IoU 0.70 with the +1 convention) and goes; frame 1 has no candidate
+    boxes = torch.tensor([[[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]]] * 2, dtype=torch.float32)
+    scores = torch.tensor([[0.9, 0.8, 0.7], [0.01, 0.02, 0.03]])
+    kept = nms(boxes, scores, scores > 0.05)
+    assert kept[0].tolist() == [0, 2] and kept[1].tolist() == []
