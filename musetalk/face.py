@@ -133,8 +133,12 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
 
     crops = np.zeros((n_frames, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
     blend = [None] * n_frames
-    parser = models.face_parser() if any(box is not None for box in paste_boxes) else None
-    if parser is None:
+    parser = None
+    if any(box is not None for box in paste_boxes):
+        from .masks import blend_masks
+
+        parser = models.face_parser()
+    else:
         log.warning("MuseTalk: no face in any of the %d frames; they pass through unchanged", n_frames)
     for start in starts:
         runtime.check_interrupt()
@@ -143,8 +147,6 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
         for i in faces:
             crops[i] = network_crop(frames[i], paste_boxes[i])
         if faces:
-            from .masks import blend_masks
-
             blend[start:stop] = blend_masks(parser, runtime, frames[start:stop], paste_boxes[start:stop],
                                             parsing_mode, left_cheek_width, right_cheek_width)
         progress.update(1, preview=crops[faces[-1]] if faces else None)

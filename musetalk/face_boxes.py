@@ -41,8 +41,9 @@ def landmark_box(keypoints133, detection_box, bbox_shift=0, version="v1.5"):
     range_minus = int(marks[NOSE_LOWER, 1] - marks[NOSE_BRIDGE, 1])
     range_plus = int(marks[NOSE_BRIDGE, 1] - marks[NOSE_TOP, 1])
     if bbox_shift != 0:
-        # The official code shifts through a numpy view, so the shifted bridge point also takes part in the max(y)
-        # below (it only matters for shifts that push the bridge below the chin); writing into `marks` keeps that.
+        # The official code shifts through a numpy view, so the shifted bridge point also takes part in max(y)
+        # below. Kept, though it cannot change a result: it only matters once the bridge passes the chin, and
+        # then the box is empty with or without it and falls back to the detector box.
         marks[NOSE_BRIDGE, 1] += bbox_shift
     half_y = int(marks[NOSE_BRIDGE, 1])
     bottom = int(marks[:, 1].max())
