@@ -33,7 +33,8 @@ POSE_BOX_EXPAND = 2.0
 
 @dataclass
 class FaceSettings:
-    """The options a FaceTrack was built with (extra_margin is the one applied: 0 for v1.0)."""
+    """The options a FaceTrack was built with; bbox_shift and extra_margin are the values applied (bbox_shift is 0
+    when boxes were given, extra_margin is 0 for v1.0)."""
 
     bbox_shift: int = 0
     extra_margin: int = 10
@@ -151,7 +152,8 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
                                             parsing_mode, left_cheek_width, right_cheek_width)
         progress.update(1, preview=crops[faces[-1]] if faces else None)
 
-    settings = FaceSettings(int(bbox_shift), int(margin), parsing_mode, int(left_cheek_width),
+    applied_shift = 0 if bboxes is not None else int(bbox_shift)
+    settings = FaceSettings(applied_shift, int(margin), parsing_mode, int(left_cheek_width),
                             int(right_cheek_width), str(face_select), float(smooth), bboxes is not None)
     track = FaceTrack((height, width), version, face_boxes, paste_boxes, blend, settings, range_text)
     return track, crops

@@ -434,10 +434,12 @@ def test_progress_ticks_and_interrupt(stubs):
 def test_settings_and_parser_options_are_recorded(stubs):
     models = StubModels()
     track, _ = detect_and_parse(models, marked_frames(1), parsing_mode="neck", left_cheek_width=60,
-                                right_cheek_width=120, bboxes=[[100, 100, 200, 220]], extra_margin=25)
+                                right_cheek_width=120, bboxes=[[100, 100, 200, 220]], extra_margin=25, bbox_shift=5)
     assert models.parser.calls == [(1, "neck", 60, 120)]
     assert track.paste_boxes == [(100, 100, 200, 245)]
-    assert (track.settings.parsing_mode, track.settings.extra_margin, track.settings.boxes_given) == ("neck", 25, True)
+    settings = track.settings
+    assert (settings.parsing_mode, settings.extra_margin, settings.boxes_given, settings.bbox_shift) == \
+        ("neck", 25, True, 0)
 
 
 # ---------------------------------------------------------------- the node
