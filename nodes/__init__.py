@@ -1,7 +1,7 @@
 """ComfyUI adapters: each node converts ComfyUI types, calls the engine in ../musetalk, and converts back."""
-from . import loaders
+from . import face, loaders
 
-NODE_MODULES = [loaders]
+NODE_MODULES = [loaders, face]
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
