@@ -3,6 +3,7 @@ import torch
 
 from ..musetalk.face import detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes
+from .images import to_image, to_uint8
 
 BBOX_SHIFT_TIP = ("Moves the top of the face box (px). The box top is the nose bridge mirrored across the "
                   "bridge-to-chin distance; a positive value moves the bridge point down, so the box starts lower "
@@ -65,21 +66,12 @@ class FaceDetectAndParse:
 
     def detect(self, model, images, bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
-        frames = _to_uint8(images)
+        frames = to_uint8(images)
         boxes = parse_bboxes(bboxes, frames.shape[0], tuple(frames.shape[1:3]))
         select = face_index if face_select == "index" else face_select
         faces, crops = detect_and_parse(model, frames, bbox_shift, extra_margin, parsing_mode, left_cheek_width,
                                         right_cheek_width, boxes, select, smooth_boxes)
-        crops = torch.from_numpy(crops).float() / 255.0
-        return faces, crops, faces.frame_masks(), faces.bbox_shift_range
-
-
-def _to_uint8(images, chunk=16):
-    """IMAGE float 0..1 -> uint8 0..255 (rounded), a few frames at a time so a long clip is not copied in float."""
-    frames = torch.empty(images.shape, dtype=torch.uint8)
-    for start in range(0, images.shape[0], chunk):
-        frames[start:start + chunk] = (images[start:start + chunk].clamp(0, 1) * 255).round()
-    return frames
+        return faces, to_image(crops), faces.frame_masks(), faces.bbox_shift_range
 
 
 NODE_CLASS_MAPPINGS = {"FaceDetectAndParse": FaceDetectAndParse}

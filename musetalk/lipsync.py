@@ -1,0 +1,78 @@
+"""The two lip-sync stages that the nodes and the command line share.
+
+    generate_latents: face crops + audio tokens -> one mouth latent per output frame   (LatentLipInpaint)
+    render_frames:    latents + source frames   -> output frames                      (BlendAndDecode)
+
+Output frame t shows source frame `source_index[t]` at audio time t/fps. A frame whose source has no face skips the
+networks and comes back unchanged; the official code instead drops it and shifts every later frame (spec §7 Q3).
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .blend import paste_faces
+from .inpaint import LATENT_SIZE, decode_batch, encode_sources, inpaint_latents
+
+LATENT_KEYS = ("musetalk_source_index", "musetalk_fps")
+
+
+@dataclass
+class SourceLatents:
+    """VAE latents of the source frames that have a face: rows [F,8,32,32], and each source frame's row or None."""
+
+    latents: torch.Tensor
+    rows: list
+
+    @classmethod
+    def encode(cls, models, faces, crops, batch_size=8):
+        """crops: uint8 RGB [N,256,256,3], one per source frame of `faces` (a FaceTrack)."""
+        if len(crops) != len(faces):
+            raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
+                             "outputs of the same FaceDetectAndParse node")
+        with_face = [i for i, present in enumerate(faces.has_face) if present]
+        rows = [None] * len(faces)
+        for row, frame in enumerate(with_face):
+            rows[frame] = row
+        if not with_face:
+            empty = torch.zeros(0, 8, LATENT_SIZE, LATENT_SIZE, device=models.runtime.storage_device)
+            return cls(empty, rows)
+        return cls(encode_sources(models, crops[with_face], batch_size), rows)
+
+
+def generate_latents(models, sources, tokens, source_index, batch_size=8):
+    """Mouth latents float32 [T,4,32,32] for audio tokens [T,50,384]; zeros where the source frame has no face."""
+    samples = torch.zeros(len(source_index), 4, LATENT_SIZE, LATENT_SIZE, device=models.runtime.storage_device)
+    active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None]
+    if active:
+        rows = [sources.rows[s] for s in source_index[active].tolist()]
+        samples[active] = inpaint_latents(models, sources.latents, tokens[active], rows, batch_size)
+    return samples
+
+
+def render_frames(models, faces, samples, source_index, read_frames, batch_size=8):
+    """Yield uint8 RGB frame batches [B,H,W,3] (CPU) of the lip-synced video, in output order.
+
+    read_frames(indices) returns the uint8 RGB source frames with those indices (numpy or torch).
+    Decoding and pasting run on the runtime's device; only finished frames go back to the CPU.
+    """
+    runtime, vae = models.runtime, models.vae()
+    runtime.load(vae)
+    progress = runtime.progress(len(source_index))
+    for start in range(0, len(source_index), batch_size):
+        runtime.check_interrupt()
+        sources = source_index[start:start + batch_size].tolist()
+        frames = torch.as_tensor(read_frames(sources)).to(runtime.device)
+        active = [i for i, s in enumerate(sources) if faces.paste_boxes[s] is not None]
+        if active:
+            generated = decode_batch(vae, samples[start:start + batch_size][active]).to(runtime.device)
+            pasted = paste_faces(frames[active], generated, [faces.paste_boxes[sources[i]] for i in active],
+                                 [faces.blend[sources[i]][0] for i in active],
+                                 [faces.blend[sources[i]][1] for i in active])
+            frames[active] = pasted
+        progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
+        yield frames.cpu()
+
+
+def latent_output(samples, source_index, fps):
+    """The LATENT dict for ComfyUI: any SD-1.x VAE decodes `samples`; our keys let BlendAndDecode align frames."""
+    return {"samples": samples, "musetalk_source_index": source_index, "musetalk_fps": float(fps)}

@@ -1,0 +1,19 @@
+"""Conversions between ComfyUI's IMAGE (float 0..1 [B,H,W,C]) and the engine's uint8 frames."""
+import torch
+
+
+def to_uint8(images, chunk=16):
+    """IMAGE -> uint8 [B,H,W,C] (rounded), a few frames at a time so a long clip is never copied in float.
+
+    A 5-D [N,T,H,W,C] video batch (some video generators return one) is flattened into N*T frames."""
+    if images.ndim == 5:
+        images = images.reshape(-1, *images.shape[2:])
+    frames = torch.empty(images.shape, dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        frames[start:start + chunk] = (images[start:start + chunk].clamp(0, 1) * 255).round()
+    return frames
+
+
+def to_image(frames):
+    """uint8 frames [B,H,W,C] -> IMAGE float32 on the CPU."""
+    return torch.as_tensor(frames).cpu().float().div_(255.0)
