@@ -16,14 +16,15 @@ MANIFEST_PATH = os.path.join(PACK_MODELS_DIR, "manifest.json")
 VAE_FOLDERS = ("sd-vae", "sd-vae-ft-mse")  # the HEAD and the original v1.0 folder names of the same weights
 
 
-def load_manifest():
-    with open(MANIFEST_PATH) as f:
+def load_manifest(path=None):
+    """Entries of the manifest at `path` (default: the pack's models/manifest.json)."""
+    with open(path or MANIFEST_PATH) as f:
         return json.load(f)["files"]
 
 
-def manifest_files(version):
+def manifest_files(version, path=None):
     """Manifest entries `version` needs ("all" for every version)."""
-    return [e for e in load_manifest() if version == "all" or version in e["versions"]]
+    return [e for e in load_manifest(path) if version == "all" or version in e["versions"]]
 
 
 def standalone_models_dir(explicit=None):
