@@ -10,6 +10,7 @@ import http.client
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -25,7 +26,15 @@ OFFLINE_FIX = "or copy the file there by hand (models/README.md, 'Offline instal
 
 
 class DownloadError(RuntimeError):
-    """A file could not be fetched or does not match the manifest; the message says what, where and how to fix it."""
+    """A file could not be fetched or does not match the manifest; the message says what, where and how to fix it.
+
+    `unreachable` names the host when it could not be reached at all, so the other files it serves are skipped
+    instead of each waiting through the same retries.
+    """
+
+    def __init__(self, message, unreachable=None):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -72,13 +81,20 @@ def download(version="v1.5", to=None, log=print, manifest=None):
                 log(f"damaged   {entry['path']}: {detail}; it will be downloaded again")
             todo.append((entry, target))
     _require_space(root, [e for e, _ in todo])
-    failures = []
+    failures, unreachable = [], set()
     for entry, target in todo:
+        host = _host(entry["source"])
+        if host in unreachable:
+            log(f"skipped   {entry['path']}")
+            failures.append(f"{target}: skipped, {host} could not be reached (see above)")
+            continue
         try:
             _fetch_verified(entry, target, staging, log)
         except DownloadError as error:
             log(f"failed    {entry['path']}")
             failures.append(str(error))
+            if error.unreachable:
+                unreachable.add(error.unreachable)
     if failures:
         raise DownloadError("\n".join(failures) + f"\nPartial downloads are kept in {staging}; "
                             "run the same command again to resume.")
@@ -166,6 +182,12 @@ def _origin(source):
     return source["url"]
 
 
+def _host(source):
+    if "hf" in source:
+        return _hf_endpoint() or "https://huggingface.co"
+    return urllib.parse.urlsplit(source["url"]).netloc
+
+
 def _fetch_hf(source, cache_dir, target):
     """One file through huggingface_hub into a private cache; returns the path of its real bytes (no symlink)."""
     import huggingface_hub
@@ -219,6 +241,9 @@ def _hf_error(error, source, target):
         problem = f"cannot reach {endpoint} or the transfer failed ({type(cause).__name__}: {cause})"
         fix = ("check the network or proxy (HTTPS_PROXY) and run again to resume; where huggingface.co is blocked set "
                f"HF_ENDPOINT to a mirror; {OFFLINE_FIX}")
+        # the metadata request failing (rather than the transfer) means the endpoint itself is out of reach
+        if any(isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
+            return DownloadError(f"{where}: {problem}\n  fix: {fix}", unreachable=endpoint)
     return DownloadError(f"{where}: {problem}\n  fix: {fix}")
 
 
@@ -267,7 +292,8 @@ def _fetch_url(url, part, size, target, log):
             if received <= have:
                 reason = getattr(error, "reason", error)
                 raise DownloadError(f"{target}: cannot reach {url} ({reason})\n  fix: check the network or proxy "
-                                    f"(HTTPS_PROXY) and run again, {OFFLINE_FIX}") from error
+                                    f"(HTTPS_PROXY) and run again, {OFFLINE_FIX}",
+                                    unreachable=urllib.parse.urlsplit(url).netloc) from error
             log(f"interrupted after {_gb(received)} ({type(error).__name__})")
     received = os.path.getsize(part) if os.path.exists(part) else 0
     raise DownloadError(f"{target}: the transfer from {url} broke off {URL_ATTEMPTS} times; {_gb(received)} kept in "
