@@ -156,7 +156,7 @@ def _fetch_verified(entry, target, staging, log):
     log(f"download  {entry['path']} ({_gb(entry['size']) if entry.get('size') else 'size unknown'}) from {origin}")
     for attempt in range(FETCH_ATTEMPTS):
         if "hf" in source:
-            staged = _fetch_hf(source, os.path.join(staging, "hf"), target)
+            staged = _fetch_hf(source, os.path.join(staging, "hf"), target, log)
         else:
             part = os.path.join(staging, "url", *entry["path"].split("/")) + ".part"
             staged = _fetch_url(source["url"], part, entry.get("size"), target, log)
@@ -188,8 +188,12 @@ def _host(source):
     return urllib.parse.urlsplit(source["url"]).netloc
 
 
-def _fetch_hf(source, cache_dir, target):
-    """One file through huggingface_hub into a private cache; returns the path of its real bytes (no symlink)."""
+def _fetch_hf(source, cache_dir, target, log):
+    """One file through huggingface_hub into a private cache; returns the path of its real bytes (no symlink).
+
+    A transfer that breaks off is resumed from the cache's partial file, here as with plain urls, because older
+    huggingface_hub versions give up on the first broken connection.
+    """
     import huggingface_hub
     from huggingface_hub import hf_hub_download
 
@@ -197,11 +201,15 @@ def _fetch_hf(source, cache_dir, target):
                "cache_dir": cache_dir, "endpoint": _hf_endpoint(), "token": os.environ.get("HF_TOKEN") or None}
     if _version_tuple(huggingface_hub.__version__) < (0, 23):
         options["resume_download"] = True  # resuming became the default (and the flag deprecated) in 0.23
-    try:
-        cached = hf_hub_download(**options)
-    except Exception as error:  # its exception types differ between huggingface_hub versions (requests vs httpx)
-        raise _hf_error(error, source, target) from error
-    return os.path.realpath(cached)  # the cache links snapshot names to blobs; the blob is moved, the cache deleted
+    for attempt in range(URL_ATTEMPTS):
+        try:
+            cached = hf_hub_download(**options)
+            return os.path.realpath(cached)  # the cache links names to blobs; the blob is moved, the cache deleted
+        except Exception as error:  # its exception types differ between huggingface_hub versions (requests, httpx)
+            failure, resumable = _hf_error(error, source, target)
+            if not resumable or attempt == URL_ATTEMPTS - 1:
+                raise failure from error
+            log(f"interrupted ({type(error).__name__}); resuming")
 
 
 def _hf_endpoint():
@@ -219,7 +227,8 @@ def _version_tuple(text):
 
 
 def _hf_error(error, source, target):
-    """A DownloadError that says which of the usual causes (offline, access, missing file, network) applies."""
+    """(DownloadError saying which usual cause applies: offline, access, missing file, network; whether a retry
+    could resume the transfer)."""
     from huggingface_hub import utils as hub
 
     chain = _error_chain(error)
@@ -243,8 +252,9 @@ def _hf_error(error, source, target):
                f"HF_ENDPOINT to a mirror; {OFFLINE_FIX}")
         # the metadata request failing (rather than the transfer) means the endpoint itself is out of reach
         if any(isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
-            return DownloadError(f"{where}: {problem}\n  fix: {fix}", unreachable=endpoint)
-    return DownloadError(f"{where}: {problem}\n  fix: {fix}")
+            return DownloadError(f"{where}: {problem}\n  fix: {fix}", unreachable=endpoint), False
+        return DownloadError(f"{where}: {problem}\n  fix: {fix}"), True
+    return DownloadError(f"{where}: {problem}\n  fix: {fix}"), False
 
 
 def _error_chain(error):
