@@ -5,6 +5,7 @@ ETag, X-Linked-Etag/X-Linked-Size for LFS files, Content-Length, Range), and /fi
 It can cut a response mid-body or serve damaged bytes, to test resumes and verification.
 """
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -303,3 +304,33 @@ def test_python_dash_m_musetalk_runs_from_the_repo_root(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "whisper/tiny.pt" in result.stdout and "python -m musetalk download --version v1.0" in result.stderr
+
+
+def _load_install_script(monkeypatch, pack_dir):
+    spec = importlib.util.spec_from_file_location("musetalk_install_under_test", os.path.join(REPO, "install.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PACK_DIR", str(pack_dir))
+    return module
+
+
+def test_install_script_downloads_only_when_asked_and_into_comfyui_models(monkeypatch, tmp_path):
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-MuseTalk"
+    pack.mkdir(parents=True)
+    (tmp_path / "ComfyUI" / "models").mkdir()
+    install = _load_install_script(monkeypatch, pack)
+    calls = []
+    monkeypatch.setattr(install.subprocess, "call", lambda command, cwd: calls.append((command, cwd)) or 0)
+
+    monkeypatch.delenv("MUSETALK_DOWNLOAD", raising=False)
+    assert install.main() == 0 and calls == []
+    monkeypatch.setenv("MUSETALK_DOWNLOAD", "v2")
+    assert install.main() == 1 and calls == []
+    monkeypatch.setenv("MUSETALK_DOWNLOAD", "v1.0")
+    assert install.main() == 0
+    command, cwd = calls[0]
+    assert command[0] == sys.executable and command[1:5] == ["-m", "musetalk", "download", "--version"]
+    assert command[-1] == str(tmp_path / "ComfyUI" / "models" / "musetalk") and cwd == str(pack)
+
+    alone = _load_install_script(monkeypatch, tmp_path / "somewhere" / "ComfyUI-MuseTalk")
+    assert alone.models_dir() == str(tmp_path / "somewhere" / "ComfyUI-MuseTalk" / "models")
