@@ -10,6 +10,8 @@ from .download import DownloadError, download, verify
 from .models import VERSIONS, standalone_models_dir
 
 VERSION_CHOICES = (*VERSIONS, "all")
+DEFAULT_DIR_HELP = ("$MUSETALK_MODELS, else ComfyUI/models/musetalk when the pack is installed in ComfyUI, "
+                    "else the pack's models/")
 
 
 def _add_download(commands):
@@ -19,8 +21,7 @@ def _add_download(commands):
                     "models/manifest.json, and keep the ones already present and valid. Hugging Face files honour "
                     "HF_ENDPOINT (mirrors) and HF_TOKEN. An interrupted run resumes where it stopped.")
     parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5", help="default: v1.5")
-    parser.add_argument("--to", metavar="DIR", help="models folder (default: $MUSETALK_MODELS, else the pack's models/;"
-                                                    " inside ComfyUI use ComfyUI/models/musetalk)")
+    parser.add_argument("--to", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
     parser.set_defaults(run=_run_download)
 
 
@@ -34,8 +35,7 @@ def _add_check(commands):
         "check", help="list missing or damaged weight files",
         description="Check every file a MuseTalk version needs for presence, size and sha256 (a few seconds per GB).")
     parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5", help="default: v1.5")
-    parser.add_argument("--models", metavar="DIR", help="models folder (default: $MUSETALK_MODELS, else the pack's "
-                                                        "models/)")
+    parser.add_argument("--models", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
     parser.set_defaults(run=_run_check)
 
 

@@ -28,8 +28,18 @@ def manifest_files(version, path=None):
 
 
 def standalone_models_dir(explicit=None):
-    """--models DIR, else $MUSETALK_MODELS, else the pack's own models/ folder."""
-    return explicit or os.environ.get("MUSETALK_MODELS") or PACK_MODELS_DIR
+    """--models DIR, else $MUSETALK_MODELS, else ComfyUI/models/musetalk when the pack is installed in ComfyUI (where
+    its nodes look), else the pack's own models/ folder."""
+    return explicit or os.environ.get("MUSETALK_MODELS") or comfyui_models_dir() or PACK_MODELS_DIR
+
+
+def comfyui_models_dir(pack_dir=None):
+    """ComfyUI/models/musetalk when the pack sits in ComfyUI/custom_nodes/<pack>, else None."""
+    custom_nodes = os.path.dirname(pack_dir or os.path.dirname(PACK_MODELS_DIR))
+    comfy_models = os.path.join(os.path.dirname(custom_nodes), "models")
+    if os.path.basename(custom_nodes) == "custom_nodes" and os.path.isdir(comfy_models):
+        return os.path.join(comfy_models, "musetalk")
+    return None
 
 
 @dataclass

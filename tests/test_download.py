@@ -314,23 +314,29 @@ def _load_install_script(monkeypatch, pack_dir):
     return module
 
 
-def test_install_script_downloads_only_when_asked_and_into_comfyui_models(monkeypatch, tmp_path):
-    pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-MuseTalk"
-    pack.mkdir(parents=True)
-    (tmp_path / "ComfyUI" / "models").mkdir()
-    install = _load_install_script(monkeypatch, pack)
+def test_install_script_downloads_only_when_asked(monkeypatch, tmp_path):
+    install = _load_install_script(monkeypatch, tmp_path)
     calls = []
     monkeypatch.setattr(install.subprocess, "call", lambda command, cwd: calls.append((command, cwd)) or 0)
-
     monkeypatch.delenv("MUSETALK_DOWNLOAD", raising=False)
     assert install.main() == 0 and calls == []
     monkeypatch.setenv("MUSETALK_DOWNLOAD", "v2")
     assert install.main() == 1 and calls == []
     monkeypatch.setenv("MUSETALK_DOWNLOAD", "v1.0")
     assert install.main() == 0
-    command, cwd = calls[0]
-    assert command[0] == sys.executable and command[1:5] == ["-m", "musetalk", "download", "--version"]
-    assert command[-1] == str(tmp_path / "ComfyUI" / "models" / "musetalk") and cwd == str(pack)
+    assert calls == [([sys.executable, "-m", "musetalk", "download", "--version", "v1.0"], str(tmp_path))]
 
-    alone = _load_install_script(monkeypatch, tmp_path / "somewhere" / "ComfyUI-MuseTalk")
-    assert alone.models_dir() == str(tmp_path / "somewhere" / "ComfyUI-MuseTalk" / "models")
+
+def test_default_models_folder_is_comfyuis_when_the_pack_is_installed_there(monkeypatch, tmp_path):
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-MuseTalk"
+    pack.mkdir(parents=True)
+    assert models.comfyui_models_dir(str(pack)) is None  # no ComfyUI/models folder: not a ComfyUI install
+    (tmp_path / "ComfyUI" / "models").mkdir()
+    assert models.comfyui_models_dir(str(pack)) == str(tmp_path / "ComfyUI" / "models" / "musetalk")
+    assert models.comfyui_models_dir(str(tmp_path / "elsewhere" / "ComfyUI-MuseTalk")) is None
+    monkeypatch.setattr(models, "PACK_MODELS_DIR", str(pack / "models"))
+    monkeypatch.delenv("MUSETALK_MODELS", raising=False)
+    assert models.standalone_models_dir() == str(tmp_path / "ComfyUI" / "models" / "musetalk")
+    monkeypatch.setenv("MUSETALK_MODELS", str(tmp_path / "mine"))
+    assert models.standalone_models_dir() == str(tmp_path / "mine")
+    assert models.standalone_models_dir(str(tmp_path / "given")) == str(tmp_path / "given")
