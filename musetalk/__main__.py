@@ -41,6 +41,7 @@ def _add_check(commands):
 
 def _run_check(args):
     root = standalone_models_dir(args.models)
+    print(f"checking the MuseTalk {args.version} files in {root} (hashing takes a few seconds per GB)")
     checks = verify(root, args.version)
     for check in checks:
         print(f"{check.state:10} {check.path}" + (f"  ({check.detail})" if check.detail else ""))
