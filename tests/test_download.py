@@ -279,7 +279,7 @@ def test_missing_source_file_and_unreachable_host_give_clear_errors(hub, manifes
         download("v1.5", str(tmp_path / "b"), log=lines.append, manifest=manifest_path)
     message = str(error.value)
     assert "cannot reach" in message and "HF_ENDPOINT" in message and "unet15/unet.pth" in message
-    assert os.path.join("vae", "config.json") + ": skipped" in message  # the same unreachable host is not tried once per file
+    assert os.path.join("vae", "config.json") + ": skipped" in message  # an unreachable host: not retried per file
     assert "skipped   vae/config.json" in lines
 
 
