@@ -19,7 +19,7 @@ from .models import VERSIONS, manifest_files, standalone_models_dir
 STAGING_DIR = ".download"  # inside the models folder, so the final rename stays on one filesystem and is atomic
 CHUNK = 1 << 20
 URL_TIMEOUT_S = 60
-URL_ATTEMPTS = 4  # per run; each try resumes from the bytes already received
+TRANSFER_ATTEMPTS = 4  # per file and run; each try resumes from the bytes already received
 FETCH_ATTEMPTS = 2  # a second fetch heals a transfer damaged on the way; a source serving wrong bytes fails twice
 USER_AGENT = "ComfyUI-MuseTalk-downloader"
 OFFLINE_FIX = "or copy the file there by hand (models/README.md, 'Offline install')"
@@ -201,13 +201,13 @@ def _fetch_hf(source, cache_dir, target, log):
                "cache_dir": cache_dir, "endpoint": _hf_endpoint(), "token": os.environ.get("HF_TOKEN") or None}
     if _version_tuple(huggingface_hub.__version__) < (0, 23):
         options["resume_download"] = True  # resuming became the default (and the flag deprecated) in 0.23
-    for attempt in range(URL_ATTEMPTS):
+    for attempt in range(TRANSFER_ATTEMPTS):
         try:
             cached = hf_hub_download(**options)
             return os.path.realpath(cached)  # the cache links names to blobs; the blob is moved, the cache deleted
         except Exception as error:  # its exception types differ between huggingface_hub versions (requests, httpx)
             failure, resumable = _hf_error(error, source, target)
-            if not resumable or attempt == URL_ATTEMPTS - 1:
+            if not resumable or attempt == TRANSFER_ATTEMPTS - 1:
                 raise failure from error
             log(f"interrupted ({type(error).__name__}); resuming")
 
@@ -244,7 +244,8 @@ def _hf_error(error, source, target):
         problem, fix = (f"{endpoint} refused access to {source['hf']}",
                         "set HF_TOKEN to a token allowed to read it, and check HF_ENDPOINT if you use a mirror")
     elif 404 in statuses:
-        problem, fix = f"{source['file']} not found on {endpoint}", f"the manifest may be outdated: {OFFLINE_FIX}"
+        problem, fix = (f"{source['file']} not found on {endpoint}",
+                        f"the manifest may be outdated: update the pack, {OFFLINE_FIX}")
     else:
         cause = chain[-1]
         problem = f"cannot reach {endpoint} or the transfer failed ({type(cause).__name__}: {cause})"
@@ -271,7 +272,7 @@ def _truthy(value):
 def _fetch_url(url, part, size, target, log):
     """Download `url` into the `.part` file, resuming with Range from what it already holds; returns `part`."""
     os.makedirs(os.path.dirname(part), exist_ok=True)
-    for _ in range(URL_ATTEMPTS):
+    for _ in range(TRANSFER_ATTEMPTS):
         have = os.path.getsize(part) if os.path.exists(part) else 0
         if size is not None and have >= size:
             if have == size:
@@ -306,7 +307,7 @@ def _fetch_url(url, part, size, target, log):
                                     unreachable=urllib.parse.urlsplit(url).netloc) from error
             log(f"interrupted after {_gb(received)} ({type(error).__name__})")
     received = os.path.getsize(part) if os.path.exists(part) else 0
-    raise DownloadError(f"{target}: the transfer from {url} broke off {URL_ATTEMPTS} times; {_gb(received)} kept in "
+    raise DownloadError(f"{target}: the transfer from {url} broke off {TRANSFER_ATTEMPTS} times; {_gb(received)} kept in "
                         f"{part}\n  fix: run the same command again to resume")
 
 
