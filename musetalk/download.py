@@ -197,6 +197,10 @@ def _fetch_hf(source, cache_dir, target, log):
     import huggingface_hub
     from huggingface_hub import hf_hub_download
 
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")):  # checked here: huggingface_hub reads it only at import
+        raise DownloadError(f"{target}: from {_origin(source)}: Hugging Face offline mode is on (HF_HUB_OFFLINE)\n"
+                            f"  fix: unset HF_HUB_OFFLINE, {OFFLINE_FIX}", unreachable=_host(source))
+
     options = {"repo_id": source["hf"], "filename": source["file"], "revision": source.get("revision"),
                "cache_dir": cache_dir, "endpoint": _hf_endpoint(), "token": os.environ.get("HF_TOKEN") or None}
     if _version_tuple(huggingface_hub.__version__) < (0, 23):
@@ -235,7 +239,7 @@ def _hf_error(error, source, target):
     statuses = {getattr(getattr(e, "response", None), "status_code", None) for e in chain}
     endpoint = _hf_endpoint() or "https://huggingface.co"
     where = f"{target}: from {_origin(source)}"
-    if any(isinstance(e, hub.OfflineModeIsEnabled) for e in chain) or _truthy(os.environ.get("HF_HUB_OFFLINE")):
+    if any(isinstance(e, hub.OfflineModeIsEnabled) for e in chain):
         problem, fix = "Hugging Face offline mode is on (HF_HUB_OFFLINE)", f"unset HF_HUB_OFFLINE, {OFFLINE_FIX}"
     elif any(isinstance(e, hub.RevisionNotFoundError) for e in chain):
         problem, fix = (f"revision {source.get('revision')} not found on {endpoint}",

@@ -283,6 +283,17 @@ def test_missing_source_file_and_unreachable_host_give_clear_errors(hub, manifes
     assert "skipped   vae/config.json" in lines
 
 
+def test_offline_mode_fetches_no_hub_file_but_still_plain_urls(hub, manifest, tmp_path, monkeypatch):
+    manifest_path, _ = manifest
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "models"
+    with pytest.raises(DownloadError) as error:
+        download("v1.5", str(root), log=lambda _: None, manifest=manifest_path)
+    assert "offline mode is on (HF_HUB_OFFLINE)" in str(error.value)
+    assert not any("/resolve/" in path for _, path, _ in hub.requests)
+    assert (root / "det" / "detector.pth").exists()
+
+
 def test_cli_exit_codes(hub, manifest, tmp_path, monkeypatch, capsys):
     manifest_path, _ = manifest
     monkeypatch.setattr(models, "MANIFEST_PATH", manifest_path)
