@@ -16,19 +16,30 @@ MANIFEST_PATH = os.path.join(PACK_MODELS_DIR, "manifest.json")
 VAE_FOLDERS = ("sd-vae", "sd-vae-ft-mse")  # the HEAD and the original v1.0 folder names of the same weights
 
 
-def load_manifest():
-    with open(MANIFEST_PATH) as f:
+def load_manifest(path=None):
+    """Entries of the manifest at `path` (default: the pack's models/manifest.json)."""
+    with open(path or MANIFEST_PATH) as f:
         return json.load(f)["files"]
 
 
-def manifest_files(version):
+def manifest_files(version, path=None):
     """Manifest entries `version` needs ("all" for every version)."""
-    return [e for e in load_manifest() if version == "all" or version in e["versions"]]
+    return [e for e in load_manifest(path) if version == "all" or version in e["versions"]]
 
 
 def standalone_models_dir(explicit=None):
-    """--models DIR, else $MUSETALK_MODELS, else the pack's own models/ folder."""
-    return explicit or os.environ.get("MUSETALK_MODELS") or PACK_MODELS_DIR
+    """--models DIR, else $MUSETALK_MODELS, else ComfyUI/models/musetalk when the pack is installed in ComfyUI (where
+    its nodes look), else the pack's own models/ folder."""
+    return explicit or os.environ.get("MUSETALK_MODELS") or comfyui_models_dir() or PACK_MODELS_DIR
+
+
+def comfyui_models_dir(pack_dir=None):
+    """ComfyUI/models/musetalk when the pack sits in ComfyUI/custom_nodes/<pack>, else None."""
+    custom_nodes = os.path.dirname(pack_dir or os.path.dirname(PACK_MODELS_DIR))
+    comfy_models = os.path.join(os.path.dirname(custom_nodes), "models")
+    if os.path.basename(custom_nodes) == "custom_nodes" and os.path.isdir(comfy_models):
+        return os.path.join(comfy_models, "musetalk")
+    return None
 
 
 @dataclass
