@@ -1,0 +1,91 @@
+"""LatentLipInpaint and BlendAndDecode: the generated mouth per audio frame, then the finished frames."""
+import numpy as np
+import torch
+
+from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
+from ..musetalk.lipsync import SourceLatents, generate_latents, latent_output, render_frames
+from ..musetalk.video import fit_audio
+from .images import to_image, to_uint8
+
+BATCH_TIP = "Frames per network call. Larger is faster on a GPU with memory to spare; results do not change."
+
+
+class LatentLipInpaint:
+    DESCRIPTION = ("One MuseTalk UNet step per audio frame: the lower half of each face is repainted to match the "
+                   "speech. The LATENT holds one 32x32 latent per output frame (any SD-1.x VAE can decode it).")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "inpaint"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MUSETALK_MODEL",),
+            "faces": ("MUSETALK_FACES",),
+            "crops": ("IMAGE", {"tooltip": "The crops output of the same FaceDetectAndParse node."}),
+            "features": ("MUSETALK_WHISPER_FEATURES",),
+            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
+            "cycle": (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
+                "How the video covers the audio. pingpong (official): forwards then backwards, repeated; "
+                "loop: restart from the first frame; once: stop at the shorter of video and audio.")}),
+        }}
+
+    def inpaint(self, model, faces, crops, features, batch_size, cycle):
+        sources = SourceLatents.encode(model, faces, to_uint8(crops), batch_size)
+        source_index = cycle_indices(len(faces), features.frame_count, cycle)
+        tokens = features.features[:len(source_index)]
+        samples = generate_latents(model, sources, tokens, source_index, batch_size)
+        return (latent_output(samples.cpu(), source_index, features.fps),)
+
+
+class BlendAndDecode:
+    DESCRIPTION = ("Decodes the generated mouths and blends them into the source frames with the face-parsing "
+                   "mask. Returns one frame per audio frame, and the audio cut to exactly that length.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
+    FUNCTION = "blend"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MUSETALK_MODEL",),
+            "latent": ("LATENT", {"tooltip": "From LatentLipInpaint."}),
+            "faces": ("MUSETALK_FACES",),
+            "images": ("IMAGE", {"tooltip": "The same frames that went into FaceDetectAndParse."}),
+            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
+        }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
+        }}
+
+    def blend(self, model, latent, faces, images, batch_size, audio=None):
+        frames = to_uint8(images)
+        if len(frames) != len(faces) or tuple(frames.shape[1:3]) != tuple(faces.frame_size):
+            raise ValueError(f"images are {len(frames)} frames of {tuple(frames.shape[1:3])} but faces were found in "
+                             f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
+                             "into FaceDetectAndParse")
+        samples = latent["samples"]
+        source_index = latent.get("musetalk_source_index")
+        if source_index is None:  # a LATENT from elsewhere: assume the official order
+            source_index = cycle_indices(len(faces), len(samples), "pingpong")
+        output = torch.cat(list(render_frames(model, faces, samples, source_index, lambda idx: frames[idx],
+                                              batch_size)))
+        return to_image(output), _fit(audio, len(output), latent.get("musetalk_fps"))
+
+
+def _fit(audio, n_frames, fps):
+    if audio is None:
+        return None
+    if not fps:
+        raise ValueError("the latent carries no frame rate, so the audio cannot be cut to the video: use the LATENT "
+                         "from LatentLipInpaint, or leave the audio input unconnected")
+    waveform = audio["waveform"]
+    fitted = fit_audio(waveform[0].cpu().numpy(), audio["sample_rate"], n_frames / fps)
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(fitted))[None].to(waveform.dtype),
+            "sample_rate": audio["sample_rate"]}
+
+
+NODE_CLASS_MAPPINGS = {"LatentLipInpaint": LatentLipInpaint, "BlendAndDecode": BlendAndDecode}
+NODE_DISPLAY_NAME_MAPPINGS = {"LatentLipInpaint": "MuseTalk Latent Lip Inpaint",
+                              "BlendAndDecode": "MuseTalk Blend And Decode"}
