@@ -14,7 +14,7 @@ import torch
 
 from ..weights import WeightsError, load_strict, read_state_dict
 
-# sd-vae-ft-mse's config; a single-file checkpoint carries none, and MuseTalk only ever uses this autoencoder
+# sd-vae-ft-mse's config; a single-file checkpoint carries none, so its widths are read from the weights instead
 SD_VAE_CONFIG = {
     "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "in_channels": 3, "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
@@ -39,13 +39,31 @@ def load_vae(path, expected, fix):
             raise WeightsError(config_path, f"cannot be read as JSON ({error})", expected, fix) from error
         state = _modern_attention_names(read_state_dict(weights, expected, fix))
     else:
-        weights, config = path, SD_VAE_CONFIG
+        weights = path
         state = read_state_dict(weights, expected, fix, unwrap=("state_dict",))
         if any(k.startswith("encoder.down.") for k in state):
             state = from_original_layout(state)
+        config = _config_from_shapes(state)
+        if config["latent_channels"] != SD_VAE_CONFIG["latent_channels"]:
+            raise WeightsError(path, f"is a {config['latent_channels']}-channel autoencoder (an SD3/Flux-style VAE)",
+                               expected, "use the SD 1.x vae-ft-mse-840000-ema-pruned file, or the sd-vae folder")
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
     return load_strict(vae, state, weights, expected, fix, assign=True)
+
+
+def _config_from_shapes(state):
+    """A single file carries no config: read the widths from the weights (sd-vae-ft-mse gives SD_VAE_CONFIG)."""
+    widths = []
+    while f"encoder.down_blocks.{len(widths)}.resnets.0.conv1.weight" in state:
+        widths.append(state[f"encoder.down_blocks.{len(widths)}.resnets.0.conv1.weight"].shape[0])
+    layers = sum(1 for k in state if k.startswith("encoder.down_blocks.0.resnets.") and k.endswith(".conv1.weight"))
+    if not widths or "post_quant_conv.weight" not in state:
+        return SD_VAE_CONFIG  # not a KL autoencoder: the strict load names what is missing
+    return {**SD_VAE_CONFIG, "block_out_channels": widths, "layers_per_block": layers,
+            "down_block_types": ["DownEncoderBlock2D"] * len(widths),
+            "up_block_types": ["UpDecoderBlock2D"] * len(widths),
+            "latent_channels": state["post_quant_conv.weight"].shape[0]}
 
 
 def _modern_attention_names(state):

@@ -1,0 +1,159 @@
+"""The latent path: encode the source face crops once, run one UNet step per output frame, decode the new faces.
+
+Everything follows the official `musetalk/models/vae.py` and the batch loop of `scripts/inference.py` operation by
+operation, so fp32 results match the official numbers and fp16 results match its `--use_float16` mode. The one
+deliberate change: the source latents are the posterior MEAN, where the official code draws a random sample
+(spec §7 Q1; training used the mode, which is the mean of a Gaussian).
+
+Latents travel between stages as float32 on `runtime.storage_device`; each network gets its inputs cast to its own
+dtype and hands back float32. fp16 -> float32 -> fp16 is lossless, so the round trip changes no number.
+"""
+import numpy as np
+import torch
+
+from .networks.unet import LATENT_SCALE, audio_positional_encoding
+
+CROP_SIZE = 256
+LATENT_SIZE = CROP_SIZE // 8
+CYCLE_MODES = ("pingpong", "loop", "once")
+
+
+def _crops_tensor(crops):
+    """uint8 [N,256,256,3] numpy or torch -> torch uint8, with a clear error for anything else."""
+    if isinstance(crops, np.ndarray):
+        crops = torch.from_numpy(np.ascontiguousarray(crops))
+    if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.ndim != 4 \
+            or tuple(crops.shape[1:]) != (CROP_SIZE, CROP_SIZE, 3):
+        got = f"{type(crops).__name__} {getattr(crops, 'dtype', '')} {tuple(getattr(crops, 'shape', ()))}"
+        raise ValueError(f"face crops must be uint8 RGB [N,{CROP_SIZE},{CROP_SIZE},3], got {got}; "
+                         "crop and resize the faces to 256x256 first")
+    return crops
+
+
+def vae_inputs(crops):
+    """The two VAE inputs of every crop, as the official `preprocess_img`: float32 [N,3,256,256] in [-1,1].
+
+    `crops`: uint8 RGB [N,256,256,3] (numpy or torch). Returns (masked, reference): masked has the lower half
+    (rows 128..255) blanked to exactly -1, so the UNet must invent the mouth; reference is the whole crop.
+    """
+    crops = _crops_tensor(crops)
+    # float64 /255 then float32, as numpy does in the official code, so the values are bit-identical. Contiguous
+    # NCHW: a channels-last view would make the convolutions pick other kernels (and other rounding)
+    channels_first = crops.permute(0, 3, 1, 2).contiguous()
+    reference = (channels_first.to(torch.float64) / 255.0).to(torch.float32)
+    masked = reference.clone()
+    masked[:, :, CROP_SIZE // 2:, :] = 0
+    # torchvision Normalize(0.5, 0.5) is subtract-then-divide; kept literally (0 becomes exactly -1)
+    return (masked - 0.5) / 0.5, (reference - 0.5) / 0.5
+
+
+def _batches(total, batch_size):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+@torch.no_grad()
+def encode_sources(models, crops, batch_size=8):
+    """Latents of the source face crops: float32 [N,8,32,32] on the runtime's storage device.
+
+    `crops`: uint8 RGB [N,256,256,3]. Channels 0-3 encode the masked crop, 4-7 the full crop, each the posterior
+    mean times 0.18215 (computed in the VAE dtype, as the official code scales the VAE output).
+    """
+    crops = _crops_tensor(crops)
+    runtime, vae = models.runtime, models.vae()
+    runtime.load(vae)
+    progress = runtime.progress(len(crops))
+    latents = []
+    for start, end in _batches(len(crops), batch_size):
+        runtime.check_interrupt()
+        masked, reference = vae_inputs(crops[start:end])
+        both = torch.cat([masked, reference]).to(vae.device, vae.dtype)
+        encoded = LATENT_SCALE * vae.module.encode(both).latent_dist.mean
+        count = end - start
+        latents.append(torch.cat([encoded[:count], encoded[count:]], dim=1).to(runtime.storage_device, torch.float32))
+        progress.update(count)
+    return torch.cat(latents)
+
+
+def cycle_indices(n_sources, n_frames, mode="pingpong"):
+    """The source frame for every output frame: int64 [T].
+
+    "pingpong" is the official order (frames + frames[::-1], repeated: ..., N-2, N-1, N-1, N-2, ..., 0, 0, 1, ...),
+    "loop" restarts at 0 after N-1, "once" plays every source at most once, so T = min(n_sources, n_frames).
+    """
+    if mode not in CYCLE_MODES:
+        raise ValueError(f"cycle mode must be one of {CYCLE_MODES}, got {mode!r}")
+    if n_sources < 1:
+        raise ValueError("there is no source frame to animate (n_sources is 0); give at least one face crop")
+    if mode == "once":
+        return torch.arange(min(n_sources, n_frames))
+    frames = torch.arange(n_frames)
+    if mode == "loop":
+        return frames % n_sources
+    position = frames % (2 * n_sources)
+    return torch.where(position < n_sources, position, 2 * n_sources - 1 - position)
+
+
+def audio_context(features, device, dtype):
+    """The UNet's cross-attention input: audio tokens [B,50,384] plus the sinusoidal position code.
+
+    The sum is taken in the UNet dtype, as the official code adds its fp16 `pe` buffer to fp16 features.
+    """
+    return features.to(device, dtype) + audio_positional_encoding().to(device, dtype)
+
+
+@torch.no_grad()
+def inpaint_latents(models, source_latents, features, source_index, batch_size=8):
+    """One UNet step per output frame: float32 [T,4,32,32] on the runtime's storage device.
+
+    `source_latents`: [N,8,32,32] from `encode_sources`; `features`: audio tokens [T,50,384]; `source_index`: [T]
+    ints (see `cycle_indices`) picking the source latent of each output frame. No preview is shown here: a face
+    picture would cost a VAE decode per batch; `decode_faces` shows one for free.
+    """
+    if len(features) != len(source_index):
+        raise ValueError(f"{len(features)} audio frames but {len(source_index)} source indices; give one index per "
+                         "audio frame (cycle_indices(n_sources, len(features), mode))")
+    source_index = torch.as_tensor(source_index, dtype=torch.long, device=source_latents.device)
+    if len(source_index) and (source_index.min() < 0 or source_index.max() >= len(source_latents)):
+        raise ValueError(f"source indices must lie in 0..{len(source_latents) - 1}, got "
+                         f"{int(source_index.min())}..{int(source_index.max())}")
+    runtime, unet = models.runtime, models.unet()
+    runtime.load(unet)
+    # the official tensor([0]); diffusers broadcasts it over the batch, so one tensor serves every batch size
+    timestep = torch.zeros(1, dtype=torch.long, device=unet.device)
+    progress = runtime.progress(len(features))
+    predicted = []
+    for start, end in _batches(len(features), batch_size):
+        runtime.check_interrupt()
+        sample = source_latents[source_index[start:end]].to(unet.device, unet.dtype)
+        context = audio_context(torch.as_tensor(features[start:end]), unet.device, unet.dtype)
+        output = unet.module(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+        predicted.append(output.to(runtime.storage_device, torch.float32))
+        progress.update(end - start)
+    if not predicted:
+        return torch.zeros(0, 4, LATENT_SIZE, LATENT_SIZE, device=runtime.storage_device)
+    return torch.cat(predicted)
+
+
+@torch.no_grad()
+def decode_faces(models, latents, batch_size=8):
+    """The generated faces: uint8 RGB [B,256,256,3] on the runtime's storage device.
+
+    `latents`: [B,4,32,32] (any float dtype). Progress previews show each batch's first face.
+    """
+    runtime, vae = models.runtime, models.vae()
+    runtime.load(vae)
+    progress = runtime.progress(len(latents))
+    faces = []
+    for start, end in _batches(len(latents), batch_size):
+        runtime.check_interrupt()
+        # the official order: multiply by 1/0.18215 (not a division, which rounds differently), then decode
+        image = vae.module.decode((1 / LATENT_SCALE) * latents[start:end].to(vae.device, vae.dtype)).sample
+        image = (image / 2 + 0.5).clamp(0, 1).float()
+        image = (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).to(runtime.storage_device)
+        faces.append(image)
+        progress.update(end - start, preview=image[0].cpu().numpy())
+    if not faces:
+        return torch.zeros(0, CROP_SIZE, CROP_SIZE, 3, dtype=torch.uint8, device=runtime.storage_device)
+    return torch.cat(faces)

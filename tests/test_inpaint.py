@@ -1,0 +1,268 @@
+"""The latent path against the official outputs (fixtures b_vae_unet_v15 / b_vae_unet_v1), plus loader strictness.
+
+Tolerances from tests/data/fixtures/README.md §3b/§4: latents and UNet predictions atol/rtol 1e-4, decoded faces
+at most 1 LSB off on under 0.5% of the pixels. The fixtures are BGR; the engine works in RGB.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import fixture
+
+from musetalk import inpaint
+from musetalk.models import ModelFiles, MuseTalkModels
+from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding
+from musetalk.runtime import Progress, StandaloneRuntime
+from musetalk.weights import WeightsError
+
+FIXTURES = {"v1.5": "b_vae_unet_v15", "v1.0": "b_vae_unet_v1"}
+TOLERANCE = dict(atol=1e-4, rtol=1e-4)
+
+
+def models_for(version, root, vae_file=None, precision="auto"):
+    return MuseTalkModels(version, ModelFiles([str(root)], vae_file), StandaloneRuntime("cpu"), precision)
+
+
+@pytest.fixture(scope="module", params=list(FIXTURES))
+def case(request, models_dir):
+    """(models, fixture arrays, the fixture crop in RGB [1,256,256,3]) for one version."""
+    arrays, _ = fixture(FIXTURES[request.param])
+    rgb = np.ascontiguousarray(arrays["crop_bgr"][None, :, :, ::-1])
+    return models_for(request.param, models_dir), arrays, rgb
+
+
+def assert_faces_close(faces, expected, max_fraction=0.005):
+    diff = np.abs(np.asarray(faces, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < max_fraction, (diff.max(), (diff > 0).mean())
+
+
+# --- VAE inputs and source latents -------------------------------------------------------------------------------
+
+def test_vae_inputs_equal_the_official_preprocessing(case):
+    _, arrays, rgb = case
+    masked, reference = inpaint.vae_inputs(rgb)
+    assert torch.equal(masked, torch.from_numpy(arrays["masked_in"]))
+    assert torch.equal(reference, torch.from_numpy(arrays["ref_in"]))
+    assert (masked[:, :, 128:] == -1).all()
+    torch_masked, _ = inpaint.vae_inputs(torch.from_numpy(rgb))
+    assert torch.equal(torch_masked, masked)
+
+
+def test_vae_inputs_reject_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"uint8 RGB \[N,256,256,3\]"):
+        inpaint.vae_inputs(np.zeros((1, 128, 128, 3), np.uint8))
+
+
+def test_source_latents_are_the_official_posterior_means(case):
+    models, arrays, rgb = case
+    latents = inpaint.encode_sources(models, rgb)
+    assert latents.dtype == torch.float32 and latents.shape == (1, 8, 32, 32)
+    masked_mean, ref_mean = (torch.from_numpy(arrays[k]) for k in ("masked_mean", "ref_mean"))
+    torch.testing.assert_close(latents[:, :4] / LATENT_SCALE, masked_mean, **TOLERANCE)
+    torch.testing.assert_close(latents[:, 4:] / LATENT_SCALE, ref_mean, **TOLERANCE)
+    torch.testing.assert_close(latents, torch.from_numpy(arrays["latents"]), **TOLERANCE)
+
+
+# --- audio context, UNet step, decode ----------------------------------------------------------------------------
+
+def test_audio_positional_encoding_is_the_official_one(case):
+    _, arrays, _ = case
+    official_pe = torch.from_numpy(arrays["audio_pe"] - arrays["in_audio"])
+    torch.testing.assert_close(audio_positional_encoding().expand(4, -1, -1), official_pe, atol=1e-6, rtol=0)
+    context = inpaint.audio_context(torch.from_numpy(arrays["in_audio"]), "cpu", torch.float32)
+    assert torch.equal(context, torch.from_numpy(arrays["audio_pe"]))
+
+
+def test_unet_step_matches_the_official_prediction(case):
+    models, arrays, _ = case
+    assert np.array_equal(arrays["in_latents"], np.repeat(arrays["latents"], 4, axis=0))  # what the oracle fed
+    predicted = inpaint.inpaint_latents(models, torch.from_numpy(arrays["latents"]),
+                                        torch.from_numpy(arrays["in_audio"]), [0, 0, 0, 0], batch_size=4)
+    assert predicted.dtype == torch.float32 and predicted.shape == (4, 4, 32, 32)
+    torch.testing.assert_close(predicted, torch.from_numpy(arrays["pred_latents"]), **TOLERANCE)
+
+
+def test_decoded_faces_match_the_official_reconstruction(case, monkeypatch):
+    models, arrays, _ = case
+    previews = []
+    monkeypatch.setattr(models.runtime, "progress",
+                        lambda total: Progress(total, lambda done, total, preview: previews.append(preview)))
+    faces = inpaint.decode_faces(models, torch.from_numpy(arrays["pred_latents"]), batch_size=4)
+    assert faces.dtype == torch.uint8 and faces.shape == (4, 256, 256, 3)
+    assert_faces_close(faces.numpy(), arrays["recon_bgr"][..., ::-1])
+    assert len(previews) == 1 and np.array_equal(previews[0], faces[0].numpy())
+
+
+def test_results_do_not_depend_on_the_batch_size(models_dir):
+    arrays, _ = fixture(FIXTURES["v1.5"])
+    models = models_for("v1.5", models_dir)
+    crop = arrays["crop_bgr"][:, :, ::-1]
+    crops = np.stack([crop, crop[:, ::-1]])
+    sources = {b: inpaint.encode_sources(models, crops, batch_size=b) for b in (1, 2)}
+    torch.testing.assert_close(sources[2], sources[1], **TOLERANCE)
+    features = torch.from_numpy(arrays["in_audio"][:3])
+    order = inpaint.cycle_indices(2, 3, "pingpong")
+    predicted = {b: inpaint.inpaint_latents(models, sources[1], features, order, batch_size=b) for b in (1, 2)}
+    torch.testing.assert_close(predicted[2], predicted[1], **TOLERANCE)  # batch 2 leaves a partial last batch
+    faces = {b: inpaint.decode_faces(models, predicted[1], batch_size=b).numpy() for b in (1, 2)}
+    assert_faces_close(faces[2], faces[1])
+
+
+def test_unet_input_errors_are_explained(models_dir):
+    models = models_for("v1.5", models_dir)
+    latents, features = torch.zeros(2, 8, 32, 32), torch.zeros(3, 50, 384)
+    with pytest.raises(ValueError, match="one index per audio frame"):
+        inpaint.inpaint_latents(models, latents, features, [0, 1])
+    with pytest.raises(ValueError, match=r"0\.\.1, got 0\.\.2"):
+        inpaint.inpaint_latents(models, latents, features, [0, 1, 2])
+
+
+# --- cycle order ---------------------------------------------------------------------------------------------------
+
+def official_pingpong(n_sources, n_frames):
+    """scripts/inference.py: cycle = frames + frames[::-1]; output i uses cycle[i % len(cycle)]."""
+    frames = list(range(n_sources))
+    cycle = frames + frames[::-1]
+    return [cycle[i % len(cycle)] for i in range(n_frames)]
+
+
+@pytest.mark.parametrize("n_sources", [1, 2, 3, 7])
+def test_pingpong_is_the_official_cycle(n_sources):
+    assert inpaint.cycle_indices(n_sources, 30, "pingpong").tolist() == official_pingpong(n_sources, 30)
+
+
+def test_cycle_modes():
+    assert inpaint.cycle_indices(3, 14).tolist() == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0, 1]
+    assert inpaint.cycle_indices(3, 7, "loop").tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert inpaint.cycle_indices(3, 7, "once").tolist() == [0, 1, 2]
+    assert inpaint.cycle_indices(5, 2, "once").tolist() == [0, 1]
+    assert inpaint.cycle_indices(4, 0).tolist() == []
+    with pytest.raises(ValueError, match="pingpong"):
+        inpaint.cycle_indices(3, 7, "bounce")
+    with pytest.raises(ValueError, match="no source frame"):
+        inpaint.cycle_indices(0, 7)
+
+
+# --- the VAE in its three on-disk forms ----------------------------------------------------------------------------
+
+LEGACY_TO_MODERN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+LEGACY_TO_ORIGINAL = {"group_norm": "norm", "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+
+
+def original_prefixes(levels=4, layers=2):
+    """diffusers module prefix -> CompVis (ldm) prefix, written out block by block for a KL autoencoder."""
+    table = {"quant_conv.": "quant_conv.", "post_quant_conv.": "post_quant_conv."}
+    for side in ("encoder", "decoder"):
+        table.update({f"{side}.conv_in.": f"{side}.conv_in.", f"{side}.conv_out.": f"{side}.conv_out.",
+                      f"{side}.conv_norm_out.": f"{side}.norm_out.",
+                      f"{side}.mid_block.resnets.0.": f"{side}.mid.block_1.",
+                      f"{side}.mid_block.resnets.1.": f"{side}.mid.block_2."})
+        for legacy, original in LEGACY_TO_ORIGINAL.items():
+            table[f"{side}.mid_block.attentions.0.{legacy}."] = f"{side}.mid.attn_1.{original}."
+    for level in range(levels):
+        up = levels - 1 - level  # ldm numbers decoder levels from the highest resolution, diffusers from the lowest
+        for j in range(layers):
+            table[f"encoder.down_blocks.{level}.resnets.{j}."] = f"encoder.down.{level}.block.{j}."
+        for j in range(layers + 1):
+            table[f"decoder.up_blocks.{level}.resnets.{j}."] = f"decoder.up.{up}.block.{j}."
+        if level < levels - 1:
+            table[f"encoder.down_blocks.{level}.downsamplers.0."] = f"encoder.down.{level}.downsample."
+            table[f"decoder.up_blocks.{level}.upsamplers.0."] = f"decoder.up.{up}.upsample."
+    return table
+
+
+def to_original_layout(legacy_state):
+    table = original_prefixes()
+    original = {"model_ema.decay": torch.tensor(0.9999)}  # a training leftover the loader must ignore
+    for key, value in legacy_state.items():
+        prefix = max((p for p in table if key.startswith(p)), key=len)
+        leaf = key[len(prefix):].replace("conv_shortcut.", "nin_shortcut.")
+        if ".mid_block.attentions.0." in prefix and value.ndim == 2:
+            value = value[:, :, None, None]  # ldm's attention projections are 1x1 convolutions
+        original[table[prefix] + leaf] = value.contiguous()
+    assert len(original) == len(legacy_state) + 1
+    return original
+
+
+def test_the_vae_gives_the_same_latents_from_all_three_file_forms(models_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    arrays, _ = fixture(FIXTURES["v1.5"])
+    crop = arrays["crop_bgr"][None, :, :, ::-1]
+    legacy = torch.load(os.path.join(models_dir, "sd-vae", "diffusion_pytorch_model.bin"), weights_only=True)
+
+    modern_root = tmp_path / "converted"
+    (modern_root / "sd-vae").mkdir(parents=True)
+    shutil.copy(os.path.join(models_dir, "sd-vae", "config.json"), modern_root / "sd-vae" / "config.json")
+    modern = {}
+    for key, value in legacy.items():
+        module, _, leaf = key.rpartition(".")
+        parent, _, name = module.rpartition(".")
+        if ".attentions." in parent and name in LEGACY_TO_MODERN:
+            key = f"{parent}.{LEGACY_TO_MODERN[name]}.{leaf}"
+        modern[key] = value.contiguous()
+    save_file(modern, str(modern_root / "sd-vae" / "diffusion_pytorch_model.safetensors"))
+
+    single_file = tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors"
+    save_file(to_original_layout(legacy), str(single_file))
+
+    def latents(models):
+        return inpaint.encode_sources(models, crop)
+
+    reference = latents(models_for("v1.5", models_dir))
+    torch.testing.assert_close(reference, torch.from_numpy(arrays["latents"]), **TOLERANCE)
+    assert torch.equal(latents(models_for("v1.5", modern_root)), reference)
+    assert torch.equal(latents(models_for("v1.5", tmp_path / "nowhere", vae_file=str(single_file))), reference)
+
+
+# --- strict UNet loading -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def unet_root(models_dir, tmp_path):
+    """A copy of the v1.5 UNet folder that a test may damage."""
+    shutil.copytree(os.path.join(models_dir, "musetalkV15"), tmp_path / "musetalkV15")
+    return tmp_path
+
+
+def assert_explained(error, path):
+    text = str(error.value)
+    assert str(path) in text and "fix:" in text and "python -m musetalk download --version v1.5" in text, text
+
+
+def test_truncated_unet_file(unet_root):
+    path = unet_root / "musetalkV15" / "unet.pth"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(WeightsError, match="damaged, truncated") as error:
+        models_for("v1.5", unet_root).unet()
+    assert_explained(error, path)
+
+
+def test_unet_missing_a_key(unet_root):
+    path = unet_root / "musetalkV15" / "unet.pth"
+    state = torch.load(path, weights_only=True)
+    del state["conv_in.weight"]
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="1 missing: conv_in.weight") as error:
+        models_for("v1.5", unet_root).unet()
+    assert_explained(error, path)
+
+
+def test_config_that_is_not_musetalks(unet_root):
+    path = unet_root / "musetalkV15" / "musetalk.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "in_channels": 4, "cross_attention_dim": 768}))  # a Stable Diffusion UNet
+    with pytest.raises(WeightsError, match="not a MuseTalk UNet config") as error:
+        models_for("v1.5", unet_root).unet()
+    assert_explained(error, path)
+
+
+def test_vae_file_given_as_unet(unet_root, models_dir):
+    path = unet_root / "musetalkV15" / "unet.pth"
+    shutil.copy(os.path.join(models_dir, "sd-vae", "diffusion_pytorch_model.bin"), path)
+    with pytest.raises(WeightsError, match="does not match the network") as error:
+        models_for("v1.5", unet_root).unet()
+    assert_explained(error, path)
