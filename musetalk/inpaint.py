@@ -109,7 +109,7 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
 
     `source_latents`: [N,8,32,32] from `encode_sources`; `features`: audio tokens [T,50,384]; `source_index`: [T]
     ints (see `cycle_indices`) picking the source latent of each output frame. No preview is shown here: a face
-    picture would cost a VAE decode per batch; `decode_faces` shows one for free.
+    picture would cost a VAE decode per batch; the blending stage shows one for free.
     """
     if len(features) != len(source_index):
         raise ValueError(f"{len(features)} audio frames but {len(source_index)} source indices; give one index per "
@@ -137,23 +137,9 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
 
 
 @torch.no_grad()
-def decode_faces(models, latents, batch_size=8):
-    """The generated faces: uint8 RGB [B,256,256,3] on the runtime's storage device.
-
-    `latents`: [B,4,32,32] (any float dtype). Progress previews show each batch's first face.
-    """
-    runtime, vae = models.runtime, models.vae()
-    runtime.load(vae)
-    progress = runtime.progress(len(latents))
-    faces = []
-    for start, end in _batches(len(latents), batch_size):
-        runtime.check_interrupt()
-        # the official order: multiply by 1/0.18215 (not a division, which rounds differently), then decode
-        image = vae.module.decode((1 / LATENT_SCALE) * latents[start:end].to(vae.device, vae.dtype)).sample
-        image = (image / 2 + 0.5).clamp(0, 1).float()
-        image = (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1).to(runtime.storage_device)
-        faces.append(image)
-        progress.update(end - start, preview=image[0].cpu().numpy())
-    if not faces:
-        return torch.zeros(0, CROP_SIZE, CROP_SIZE, 3, dtype=torch.uint8, device=runtime.storage_device)
-    return torch.cat(faces)
+def decode_batch(vae, latents):
+    """Decode mouth latents [B,4,32,32] with a loaded VAE (ManagedModel): uint8 RGB [B,256,256,3] on its device."""
+    # the official order: multiply by 1/0.18215 (not a division, which rounds differently), then decode
+    image = vae.module.decode((1 / LATENT_SCALE) * latents.to(vae.device, vae.dtype)).sample
+    image = (image / 2 + 0.5).clamp(0, 1).float()
+    return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,7 +1,7 @@
 """ComfyUI adapters: each node converts ComfyUI types, calls the engine in ../musetalk, and converts back."""
-from . import face, loaders
+from . import face, lipsync, loaders
 
-NODE_MODULES = [loaders, face]
+NODE_MODULES = [loaders, face, lipsync]
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
