@@ -1,7 +1,7 @@
 """ComfyUI adapters: each node converts ComfyUI types, calls the engine in ../musetalk, and converts back."""
-from . import loaders
+from . import audio, loaders
 
-NODE_MODULES = [loaders]
+NODE_MODULES = [loaders, audio]
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
