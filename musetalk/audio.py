@@ -22,8 +22,7 @@ N_FFT, HOP = 400, 160
 N_MELS = 80
 PIECE_SAMPLES = 30 * SAMPLE_RATE  # whisper's fixed 30 s input
 PIECE_MEL_FRAMES = PIECE_SAMPLES // HOP  # 3000
-PIECE_FEATURE_FRAMES = PIECE_MEL_FRAMES // 2  # 1500 encoder frames, i.e. 50 per second
-FEATURE_RATE = 50
+FEATURE_RATE = 50  # encoder frames per second (conv2 halves the 100 Hz mel)
 WINDOW = 10  # encoder frames per video frame: 2 * (pad_left 2 + 1 + pad_right 2)
 PAD_LEFT = 2
 TOKENS, TOKEN_DIM = 50, 384
@@ -191,7 +190,7 @@ def _ffmpeg_s16_mono(samples, sample_rate):
             out.append(graph.pull().to_ndarray().reshape(-1))
         except (av.error.EOFError, av.error.BlockingIOError):
             break
-    return np.concatenate(out).astype(np.float32) / 32768.0
+    return np.concatenate(out or [np.zeros(0, np.int16)]).astype(np.float32) / 32768.0
 
 
 # ---------------------------------------------------------------------------------------------- log-mel

@@ -19,7 +19,6 @@ N_CTX = 1500  # encoder frames per 30 s input, 50 per second
 WIDTH = 384
 HEADS = 6
 LAYERS = 4
-DEPTHS = LAYERS + 1  # embeddings plus one state per block
 
 WHISPER_TINY = ("whisper-tiny: the Hugging Face folder openai/whisper-tiny (config.json + pytorch_model.bin or "
                 "model.safetensors) for MuseTalk v1.5, or the openai-format tiny.pt for v1.0")
