@@ -8,7 +8,12 @@ waveform and normalised on their own, ln_post on the last depth, zero-padded win
 v1.0 (`whisper/audio2feature.py`): ffmpeg-style load (libswresample, s16), one log-mel of the whole file normalised
 globally and cut into 3000-frame segments padded in the log-mel domain, no ln_post, edge-replicated windows and
 the original frame count (two frames past the end at 25 fps).
-One deliberate fix: v1.5 uses the float fps where the official truncates it with `int(fps)` (29.97 -> 29 drifts 3%).
+Where this differs from the official code, on purpose:
+* v1.5 uses the float fps where the official truncates it with `int(fps)` (29.97 -> 29 drifts 3% per second).
+* windows that run past the official padding read zeros instead of exiting (clips under ~0.1 s, and the last
+  frames at 50 fps and above, where the official right padding of 6 * ceil(50/fps) frames is too short).
+* digital silence is valid input (a muted stretch gives closed-mouth tokens); empty or non-finite audio is an error.
+At 25 fps both versions are bit-for-bit the official window and frame-count arithmetic.
 """
 import math
 from dataclasses import dataclass
@@ -61,9 +66,10 @@ class WhisperFeatures:
 def extract_features(models, waveform, sample_rate, fps):
     """A clip's whisper tokens per video frame, with the audio path of `models.version`.
 
-    waveform: [C,T] or [1,C,T] (ComfyUI AUDIO, one clip) float in [-1,1], or int16 samples; any channel count.
+    waveform: [C,T] or [1,C,T] (ComfyUI AUDIO, one clip) float in [-1,1], or int16 samples; 1 to 8 channels.
     sample_rate: 8000..192000 Hz. fps: the video frame rate (float, 0 < fps <= 240; 29.97 stays 29.97).
     Runs the whisper encoder on its ManagedModel's device and dtype; returns float32 CPU tensors.
+    The result holds 50*384 floats per frame (about 1.9 MB per second of video at 25 fps).
     """
     samples, sample_rate = check_waveform(waveform, sample_rate)
     fps = check_fps(fps)
@@ -90,8 +96,14 @@ def extract_features(models, waveform, sample_rate, fps):
 
 def check_waveform(waveform, sample_rate):
     """-> ([C,T] float32 numpy, int rate); raises ValueError naming the problem and the fix."""
+    if isinstance(sample_rate, float) and sample_rate.is_integer():
+        sample_rate = int(sample_rate)
+    if not isinstance(sample_rate, (int, np.integer)) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise ValueError(f"audio: sample rate {sample_rate!r} is not supported; it must be a whole number of Hz "
+                         f"between {MIN_RATE} and {MAX_RATE} (resample the audio first)")
     if isinstance(waveform, torch.Tensor):
-        waveform = waveform.detach().cpu().numpy()
+        waveform = waveform.detach().cpu()
+        waveform = (waveform.float() if waveform.is_floating_point() else waveform).numpy()
     samples = np.asarray(waveform)
     if samples.ndim == 3:
         if samples.shape[0] != 1:
@@ -118,11 +130,6 @@ def check_waveform(waveform, sample_rate):
         channel, t = np.argwhere(bad)[0]
         raise ValueError(f"audio: {int(bad.sum())} samples are NaN or infinite, the first in channel {channel} at "
                          f"sample {t} ({t / sample_rate:.3f} s); fix or re-export the audio")
-    if isinstance(sample_rate, float) and sample_rate.is_integer():
-        sample_rate = int(sample_rate)
-    if not isinstance(sample_rate, (int, np.integer)) or not MIN_RATE <= sample_rate <= MAX_RATE:
-        raise ValueError(f"audio: sample rate {sample_rate!r} is not supported; it must be a whole number of Hz "
-                         f"between {MIN_RATE} and {MAX_RATE} (resample the audio first)")
     return samples.astype(np.float32, copy=False), int(sample_rate)
 
 
