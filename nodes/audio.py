@@ -3,8 +3,8 @@ from ..musetalk.audio import MAX_FPS, extract_features
 
 
 class AudioToWhisperFeatures:
-    DESCRIPTION = ("Encodes the audio with whisper-tiny the way the selected MuseTalk version does and slices it into one "
-                   "token window per video frame. frame_count is how many frames the lip sync will produce.")
+    DESCRIPTION = ("Encodes the audio with whisper-tiny the way the selected MuseTalk version does and slices it into "
+                   "one token window per video frame. frame_count is how many frames the lip sync will produce.")
     CATEGORY = "MuseTalk"
     RETURN_TYPES = ("MUSETALK_WHISPER_FEATURES", "INT")
     RETURN_NAMES = ("features", "frame_count")

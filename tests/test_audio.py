@@ -116,7 +116,7 @@ def test_hf_folder_and_tiny_pt_give_the_same_encoder(models_dir):
     assert all(hf[k].dtype == torch.float32 and torch.equal(hf[k], openai[k]) for k in hf)
 
 
-def test_models_bundle_picks_the_version_file(models):
+def test_models_bundle_builds_whisper_for_both_versions(models):
     for version in ("v1.5", "v1.0"):
         whisper = models[version].whisper()
         assert isinstance(whisper, ManagedModel) and whisper.role == "audio" and whisper.dtype == torch.float32
@@ -336,6 +336,7 @@ def test_node_through_the_pack(models_dir, extracted):
     models = pack.musetalk.models.MuseTalkModels("v1.5", pack.musetalk.models.ModelFiles([models_dir]),
                                                  pack.musetalk.runtime.StandaloneRuntime("cpu"))
     waveform, rate = clip("a44")
-    features, frame_count = getattr(node(), node.FUNCTION)(models, {"waveform": waveform[None], "sample_rate": rate}, 25.0)
+    audio = {"waveform": waveform[None], "sample_rate": rate}
+    features, frame_count = getattr(node(), node.FUNCTION)(models, audio, 25.0)
     assert frame_count == features.frame_count == 37
     assert torch.equal(features.features, extracted("a_audio_v15_a44").features)

@@ -76,8 +76,8 @@ class WhisperEncoder(nn.Module):
         self.ln_post = LayerNorm(WIDTH)
 
     def forward(self, mel, final_norm):
-        """[B,80,3000] log-mel -> [B,1500,5,384]: the embeddings (conv, GELU, + positions) and the output of each
-        block. `final_norm=True` passes block 4 through ln_post (HF `hidden_states`, v1.5); False keeps it raw (v1.0)."""
+        """[B,80,3000] log-mel -> [B,1500,5,384]: the embeddings (conv, GELU, + positions) and each block's output.
+        `final_norm=True` passes block 4 through ln_post (HF `hidden_states`, v1.5); False keeps it raw (v1.0)."""
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
         x = x + self.positional_embedding.to(x.dtype)
         states = [x]
