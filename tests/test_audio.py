@@ -107,6 +107,16 @@ def test_feature_metadata(extracted):
     assert v15.loudness.max() > -40
 
 
+def test_reduced_precision_runs_and_returns_float32(models_dir, extracted):
+    # bf16 stands in for the GPU's fp16 on this CPU-only runner: same cast path, LayerNorm statistics kept in fp32
+    models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"), precision="bf16")
+    assert models.whisper().dtype == torch.bfloat16
+    result = A.extract_features(models, clip("a16")[0], 16000, 25)
+    reference = extracted("a_audio_v15_a16").features
+    assert result.features.dtype == torch.float32
+    assert (result.features - reference).norm() / reference.norm() < 2e-2  # bf16 keeps 8 mantissa bits
+
+
 # ------------------------------------------------------------------------------------------- whisper loaders
 
 def test_hf_folder_and_tiny_pt_give_the_same_encoder(models_dir):

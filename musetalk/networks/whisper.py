@@ -35,7 +35,8 @@ _HF_CONFIG = {"d_model": WIDTH, "encoder_layers": LAYERS, "encoder_attention_hea
 class LayerNorm(nn.LayerNorm):
     # statistics in fp32 whatever the run dtype, as openai-whisper does: fp16 variance overflows on loud frames
     def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
+        weight, bias = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class SelfAttention(nn.Module):
