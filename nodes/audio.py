@@ -1,0 +1,29 @@
+"""AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
+from ..musetalk.audio import MAX_FPS, extract_features
+
+
+class AudioToWhisperFeatures:
+    DESCRIPTION = ("Encodes the audio with whisper-tiny the way the selected MuseTalk version does and slices it into "
+                   "one token window per video frame. frame_count is how many frames the lip sync will produce.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("MUSETALK_WHISPER_FEATURES", "INT")
+    RETURN_NAMES = ("features", "frame_count")
+    FUNCTION = "extract"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MUSETALK_MODEL",),
+            "audio": ("AUDIO",),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001,
+                              "tooltip": "Frame rate of the video to lip-sync: wire it from GetVideoComponents' fps. "
+                                         "Fractional rates (29.97) are used as they are."}),
+        }}
+
+    def extract(self, model, audio, fps):
+        features = extract_features(model, audio["waveform"], audio["sample_rate"], fps)
+        return (features, features.frame_count)
+
+
+NODE_CLASS_MAPPINGS = {"AudioToWhisperFeatures": AudioToWhisperFeatures}
+NODE_DISPLAY_NAME_MAPPINGS = {"AudioToWhisperFeatures": "MuseTalk Audio To Whisper Features"}
