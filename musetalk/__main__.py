@@ -1,4 +1,4 @@
-"""`python -m musetalk COMMAND` from the pack folder: download and check the weights.
+"""`python -m musetalk COMMAND` from the pack folder: lip-sync a video, download and check the weights.
 
 Each command is a `_add_<name>(commands)` function in COMMANDS that adds its subparser and sets `run`; a new command
 (lipsync, ...) is one more such function. Exit status: 0 success, 1 failure with a message on stderr.
@@ -7,7 +7,10 @@ import argparse
 import sys
 
 from .download import DownloadError, download, verify
-from .models import VERSIONS, standalone_models_dir
+from .models import VERSIONS, ModelFiles, MuseTalkModels, standalone_models_dir
+from .runtime import PRECISIONS
+from .video import MediaError
+from .weights import WeightsError
 
 VERSION_CHOICES = (*VERSIONS, "all")
 DEFAULT_DIR_HELP = ("$MUSETALK_MODELS, else ComfyUI/models/musetalk when the pack is installed in ComfyUI, "
@@ -54,7 +57,67 @@ def _run_check(args):
     return 0
 
 
-COMMANDS = (_add_download, _add_check)
+def _add_lipsync(commands):
+    from .inpaint import CYCLE_MODES
+    from .masks import PARSING_MODES
+    from .pipeline import LipSyncOptions
+
+    defaults = LipSyncOptions()
+    parser = commands.add_parser(
+        "lipsync", help="lip-sync a video to a speech file",
+        description="Writes an H.264 mp4 with the speech as AAC, at the source frame rate, as long as the audio "
+                    "(see --cycle). Missing weights are downloaded first (see `download`).")
+    parser.add_argument("--video", required=True, help="a video file, an image, or a folder of frames")
+    parser.add_argument("--audio", required=True, help="the speech: wav, mp3, flac, or a video's audio track")
+    parser.add_argument("--out", required=True, help="the mp4 to write")
+    parser.add_argument("--version", choices=VERSIONS, default="v1.5", help="default: v1.5")
+    parser.add_argument("--models", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
+    parser.add_argument("--bbox-shift", type=int, default=defaults.bbox_shift,
+                        help="px to move the face box top (v1.0 semantics; v1.5 is trained for 0)")
+    parser.add_argument("--extra-margin", type=int, default=defaults.extra_margin, help="v1.5: px below the chin")
+    parser.add_argument("--parsing-mode", choices=PARSING_MODES, default=defaults.parsing_mode,
+                        help="blend mask: jaw (v1.5 default), raw, neck, or v1.0 (the original v1.0 mask)")
+    parser.add_argument("--left-cheek-width", type=int, default=defaults.left_cheek_width)
+    parser.add_argument("--right-cheek-width", type=int, default=defaults.right_cheek_width)
+    parser.add_argument("--face-select", default=defaults.face_select,
+                        help="first (official), largest, left-most, right-most, or index:N")
+    parser.add_argument("--smooth-boxes", type=float, default=defaults.smooth, help="box smoothing sigma in frames")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--cycle", choices=CYCLE_MODES, default=defaults.cycle,
+                        help="how the video covers the audio (default: pingpong, as the official)")
+    parser.add_argument("--fps", type=float, default=defaults.fps, help="frame rate of image or folder input")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
+    parser.add_argument("--bboxes", metavar="JSON_FILE",
+                        help="face boxes to use instead of detection: a JSON list with [x1,y1,x2,y2] or null per frame")
+    parser.add_argument("--frames-dir", metavar="DIR", help="also write every output frame there as PNG")
+    parser.set_defaults(run=_run_lipsync)
+
+
+def _run_lipsync(args):
+    from .pipeline import LipSyncOptions, lipsync
+    from .runtime import StandaloneRuntime
+
+    root = standalone_models_dir(args.models)
+    files = ModelFiles([root])
+    missing = files.missing(args.version)
+    if missing:
+        print(f"MuseTalk {args.version} weights are missing in {root} ({', '.join(missing)}): downloading them")
+        download(args.version, root)
+    bboxes = ""
+    if args.bboxes:
+        with open(args.bboxes) as f:
+            bboxes = f.read()
+    options = LipSyncOptions(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,
+                             args.right_cheek_width, args.face_select, args.smooth_boxes, args.batch_size,
+                             args.cycle, args.fps, bboxes)
+    models = MuseTalkModels(args.version, files, StandaloneRuntime(args.device), args.precision)
+    count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir)
+    print(f"wrote {args.out}: {count} frames")
+    return 0
+
+
+COMMANDS = (_add_lipsync, _add_download, _add_check)
 
 
 def build_parser():
@@ -70,11 +133,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (DownloadError, OSError) as error:
+    except (DownloadError, WeightsError, MediaError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        print("interrupted (a download resumes where it stopped when run again)", file=sys.stderr)
         return 1
 
 

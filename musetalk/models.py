@@ -11,6 +11,7 @@ from .runtime import Runtime
 from .weights import DOWNLOAD_HINT, WeightsError
 
 VERSIONS = ("v1.5", "v1.0")
+COMPONENTS = ("unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd")
 PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 MANIFEST_PATH = os.path.join(PACK_MODELS_DIR, "manifest.json")
 VAE_FOLDERS = ("sd-vae", "sd-vae-ft-mse")  # the HEAD and the original v1.0 folder names of the same weights
@@ -71,6 +72,16 @@ class ModelFiles:
                                f"MuseTalk {version} {component}: {', '.join(missing)} under one of {self.roots}",
                                self._fix(version) + self._other_version_hint(version, component))
         return paths
+
+    def missing(self, version):
+        """The components of `version` with a file missing (empty when everything is in place)."""
+        missing = []
+        for component in COMPONENTS:
+            try:
+                self.require(version, component)
+            except WeightsError:
+                missing.append(component)
+        return missing
 
     def _vae_path(self, version):
         if self.vae_file:

@@ -29,7 +29,7 @@ class LoadMuseTalkModels:
         roots = comfy_runtime.model_roots() if comfy_runtime.in_comfyui() else [standalone_models_dir()]
         vae_file = None if vae == AUTO_VAE else comfy_runtime.vae_file_path(vae)
         files = ModelFiles(list(roots), vae_file)
-        for component in ("unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd"):
+        for component in files.missing(version)[:1]:
             files.require(version, component)  # fail here, with the download command, rather than mid-workflow
         return (MuseTalkModels(version, files, comfy_runtime.current_runtime(), precision),)
 

@@ -1,0 +1,80 @@
+"""The whole lip-sync job of the command line: a video (or images) and a speech file in, an H.264/AAC mp4 out.
+
+It runs the same stages as the ComfyUI nodes, in the same order, on the standalone runtime:
+audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Output frames are generated,
+pasted and written a chunk at a time, so only the source frames and per-frame face data stay in memory.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .audio import extract_features
+from .face import detect_and_parse
+from .face_boxes import parse_bboxes
+from .inpaint import cycle_indices
+from .lipsync import SourceLatents, generate_latents, render_frames
+from .video import VideoWriter, open_frames, read_audio
+
+CHUNK_BATCHES = 8  # output frames in flight = batch_size * CHUNK_BATCHES
+
+
+@dataclass
+class LipSyncOptions:
+    bbox_shift: int = 0
+    extra_margin: int = 10
+    parsing_mode: str = "jaw"
+    left_cheek_width: int = 90
+    right_cheek_width: int = 90
+    face_select: str = "first"
+    smooth: float = 0.0
+    batch_size: int = 8
+    cycle: str = "pingpong"
+    fps: float = 25.0  # for image and folder inputs; a video keeps its own rate
+    bboxes: str = ""  # JSON: one [x1,y1,x2,y2] or null per frame, replacing detection (like saved coordinates)
+
+
+def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print):
+    """Lip-sync `video` (file, image or folder of frames) to the speech in `audio`; writes `out` (mp4).
+
+    Returns the number of frames written: floor(seconds * fps) for v1.5 (per `options.cycle`).
+    """
+    options = options or LipSyncOptions()
+    source = open_frames(video, options.fps)
+    waveform, sample_rate = read_audio(audio)
+    log(f"{video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps; "
+        f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
+    features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
+
+    frames = source.frames(0, source.count)
+    boxes = parse_bboxes(options.bboxes, source.count, source.size)
+    faces, crops = detect_and_parse(models, frames, options.bbox_shift, options.extra_margin, options.parsing_mode,
+                                    options.left_cheek_width, options.right_cheek_width, boxes,
+                                    options.face_select, options.smooth)
+    log(faces.bbox_shift_range)
+    sources = SourceLatents.encode(models, faces, crops, options.batch_size)
+    source_index = cycle_indices(len(faces), features.frame_count, options.cycle)
+    log(f"generating {len(source_index)} frames ({sum(faces.has_face)} of {len(faces)} source frames have a face)")
+
+    if frames_dir:
+        os.makedirs(frames_dir, exist_ok=True)
+    writer = VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate))
+    chunk = options.batch_size * CHUNK_BATCHES
+    for start in range(0, len(source_index), chunk):
+        index = source_index[start:start + chunk]
+        samples = generate_latents(models, sources, features.features[start:start + len(index)], index,
+                                   options.batch_size)
+        for batch in render_frames(models, faces, samples, index, lambda i: frames[i], options.batch_size):
+            if frames_dir:
+                _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
+            writer.write(batch.numpy())
+        log(f"  {writer.frames_written}/{len(source_index)} frames")
+    writer.close()
+    return writer.frames_written
+
+
+def _write_pngs(frames, folder, first):
+    from PIL import Image
+
+    for offset, frame in enumerate(frames):
+        Image.fromarray(frame).save(os.path.join(folder, f"{first + offset:08d}.png"))

@@ -1,0 +1,83 @@
+"""`python -m musetalk lipsync`: the standalone job gives the nodes' frames and a correct, playable mp4."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import musetalk.__main__ as cli
+from conftest import FIXTURES, fixture_inputs, load_pack
+from musetalk.video import VideoWriter, open_frames, read_audio
+from test_lipsync_nodes import NO_FACE, run_nodes
+
+
+def _write_frames(folder, frames_bgr):
+    os.makedirs(folder)
+    for i, frame in enumerate(frames_bgr):
+        Image.fromarray(frame[..., ::-1]).save(os.path.join(folder, f"{i}.png"))
+
+
+def test_cli_writes_the_frames_the_nodes_compute(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    inputs = fixture_inputs()
+    _write_frames(tmp_path / "frames", inputs["frames_bgr"])
+    boxes = [None if i == NO_FACE else box.tolist() for i, box in enumerate(inputs["bboxes"])]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    status = cli.main(["lipsync", "--video", str(tmp_path / "frames"), "--audio",
+                       os.path.join(FIXTURES, "input_a16.wav"), "--out", str(tmp_path / "out.mp4"),
+                       "--bboxes", str(tmp_path / "boxes.json"), "--batch-size", "4",
+                       "--frames-dir", str(tmp_path / "png")])
+    assert status == 0
+    written = sorted(os.listdir(tmp_path / "png"))
+    assert len(written) == 37 and written[0] == "00000000.png"
+    ours = np.stack([np.asarray(Image.open(tmp_path / "png" / name)) for name in written])
+    _, _, _, _, frames, _ = run_nodes(load_pack().NODE_CLASS_MAPPINGS, "v1.5", "jaw")
+    assert np.array_equal(ours, (frames * 255).round().to(torch.uint8).numpy())
+
+
+def test_cli_mp4_has_the_audio_length_rate_and_track(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    rate, seconds, fps = 16000, 2.0, 25
+    clip = VideoWriter(str(tmp_path / "clip.mp4"), fps, (96, 128))
+    clip.write(np.full((30, 96, 128, 3), 90, np.uint8))  # 1.2 s of video: the cycle covers the 2 s of speech
+    clip.close()
+    speech = (0.2 * np.sin(np.arange(int(rate * seconds)) / 5)).astype(np.float32)[None]
+    import wave
+    with wave.open(str(tmp_path / "speech.wav"), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
+        f.writeframes((speech[0] * 32767).astype("<i2").tobytes())
+    (tmp_path / "none.json").write_text(json.dumps([None] * 30))  # no face: frames pass through
+    assert cli.main(["lipsync", "--video", str(tmp_path / "clip.mp4"), "--audio", str(tmp_path / "speech.wav"),
+                     "--out", str(tmp_path / "out.mp4"), "--bboxes", str(tmp_path / "none.json")]) == 0
+    result = open_frames(str(tmp_path / "out.mp4"))
+    assert result.fps == fps and result.count == int(seconds * fps) and result.size == (96, 128)
+    audio, audio_rate = read_audio(str(tmp_path / "out.mp4"))
+    assert audio_rate == rate and abs(audio.shape[1] / rate - seconds) < 0.1  # AAC adds its encoder delay
+
+
+def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    calls = []
+
+    def fake_download(version, to):
+        calls.append((version, to))
+        shutil.copytree(models_dir, to, dirs_exist_ok=True, symlinks=True)
+
+    monkeypatch.setattr(cli, "download", fake_download)
+    files = cli.ModelFiles([str(root)])
+    assert files.missing("v1.5") == ["unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd"]
+    status = cli.main(["lipsync", "--video", str(tmp_path / "absent.mp4"), "--audio", "x.wav", "--out", "o.mp4",
+                       "--models", str(root)])
+    assert calls == [("v1.5", str(root))] and files.missing("v1.5") == []
+    assert status == 1  # the video does not exist: a clear message, no traceback
+
+
+def test_cli_reports_bad_input_without_a_traceback(models_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    (tmp_path / "boxes.json").write_text("[[1, 2, 3]]")
+    assert cli.main(["lipsync", "--video", os.path.join(FIXTURES, "input_a16.wav"), "--audio",
+                     os.path.join(FIXTURES, "input_a16.wav"), "--out", str(tmp_path / "o.mp4")]) == 1
+    assert "no video stream" in capsys.readouterr().err
