@@ -33,7 +33,7 @@ class ManagedModel:
 
 
 class Progress:
-    """Counts finished work units; `preview` is an optional [H,W,3] uint8 image of the latest result."""
+    """Counts finished work units; `preview` is an optional [H,W,3] uint8 RGB image of the latest result (ComfyUI shows it as the node preview)."""
 
     def __init__(self, total, on_update=None):
         self.total = max(int(total), 1)
