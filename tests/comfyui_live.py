@@ -148,7 +148,8 @@ def workflow_to_prompt(workflow, object_info):
         if node.get("mode") in (MUTED, BYPASSED) or class_type in FRONTEND_ONLY:
             continue
         if class_type not in object_info:
-            raise ComfyError(f"node {node_id}: unknown node type {class_type!r} (is the pack that provides it installed?)")
+            raise ComfyError(f"node {node_id}: unknown node type {class_type!r} "
+                             "(is the pack that provides it installed?)")
         definition = object_info[class_type]
         values = node.get("widgets_values") or []
         if isinstance(values, dict):  # some packs' nodes (e.g. VHS) save their widgets by name
@@ -272,9 +273,10 @@ class ComfyServer:
         boundary = uuid.uuid4().hex
         with open(path, "rb") as f:
             content = f.read()
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{os.path.basename(path)}\""
-                f"\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + content + \
-            f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n--{boundary}--\r\n".encode()
+        part = f"--{boundary}\r\nContent-Disposition: form-data; name="
+        body = (f"{part}\"image\"; filename=\"{os.path.basename(path)}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + content + \
+            f"\r\n{part}\"overwrite\"\r\n\r\ntrue\r\n--{boundary}--\r\n".encode()
         request = urllib.request.Request(self.url + "/upload/image", data=body,
                                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -23,8 +23,9 @@ def server(models_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("comfyui_live")
     config = work / "extra_model_paths.yaml"
     config.write_text(f"musetalk_tests:\n    musetalk: {models_dir}\n")
-    live = server_from_env(extra_args=["--extra-model-paths-config", str(config),
-                                       "--output-directory", str(work / "output")])
+    (work / "input").mkdir()  # LoadImage lists it for /object_info; were it missing, the node would be left out
+    live = server_from_env(extra_args=["--extra-model-paths-config", str(config), "--input-directory",
+                                       str(work / "input"), "--output-directory", str(work / "output")])
     with live:
         yield live
 
@@ -71,19 +72,24 @@ def test_invalid_input_is_reported_per_node(server):
     assert "v2.0" in str(rejected.value)
 
 
-def test_ui_workflow_converts_and_runs(server):
-    """LoadImage (with its upload widget) through a Reroute into PreviewImage, plus our loader into PreviewAny."""
+def test_ui_workflow_converts_and_runs(server, tmp_path):
+    """An uploaded image: LoadImage (with its upload widget) via a Reroute to PreviewImage; our loader to PreviewAny."""
+    from PIL import Image
+
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp_path / "musetalk_live_red.png")
+    uploaded = server.upload(str(tmp_path / "musetalk_live_red.png"))
     workflow = {
         "last_node_id": 5, "last_link_id": 3, "version": 0.4,
         "nodes": [
-            {"id": 1, "type": "LoadImage", "mode": 0, "widgets_values": ["example.png", "image"],
+            {"id": 1, "type": "LoadImage", "mode": 0, "widgets_values": [uploaded, "image"],
              "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]},
                                        {"name": "MASK", "type": "MASK", "links": []}]},
             {"id": 2, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}],
              "outputs": [{"name": "", "type": "IMAGE", "links": [2]}]},
             {"id": 3, "type": "PreviewImage", "mode": 0, "widgets_values": [],
              "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "outputs": []},
-            {"id": 4, "type": "LoadMuseTalkModels", "mode": 0, "widgets_values": ["v1.0", "fp32", "auto (musetalk/sd-vae)"],
+            {"id": 4, "type": "LoadMuseTalkModels", "mode": 0,
+             "widgets_values": ["v1.0", "fp32", "auto (musetalk/sd-vae)"],
              "inputs": [], "outputs": [{"name": "model", "type": "MUSETALK_MODEL", "links": [3]}]},
             {"id": 5, "type": "PreviewAny", "mode": 0, "widgets_values": [],
              "inputs": [{"name": "source", "type": "*", "link": 3}], "outputs": []},

@@ -1,4 +1,4 @@
-"""Importing the pack the way ComfyUI does: fast, reads no weights, uses its own modules, exposes well-formed V1 nodes."""
+"""Importing the pack as ComfyUI does: fast, reads no weights, uses its own modules, exposes well-formed V1 nodes."""
 import json
 import os
 import subprocess

@@ -39,18 +39,21 @@ def test_core_video_pipeline():
     prompt = convert(
         [node(1, "LoadVideo", ["clip.mp4", None]),
          node(2, "GetVideoComponents", inputs=[("video", "VIDEO", 1)]),
-         node(3, "CreateVideo", [30], inputs=[("images", "IMAGE", 2), ("fps", "FLOAT", 3, "fps"), ("audio", "AUDIO", 4)]),
+         node(3, "CreateVideo", [30],
+              inputs=[("images", "IMAGE", 2), ("fps", "FLOAT", 3, "fps"), ("audio", "AUDIO", 4)]),
          node(4, "SaveVideo", ["video/lipsync", "auto", "auto"], inputs=[("video", "VIDEO", 5)]),
          node(5, "LoadAudio", ["speech.wav", None, None])],
         [[1, 1, 0, 2, 0, "VIDEO"], [2, 2, 0, 3, 0, "IMAGE"], [3, 2, 2, 3, 1, "FLOAT"], [4, 5, 0, 3, 2, "AUDIO"],
          [5, 3, 0, 4, 0, "VIDEO"]])
     assert prompt == {
         "1": {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"}, "_meta": {"title": "Load Video"}},
-        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}, "_meta": {"title": "Get Video Components"}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]},
+              "_meta": {"title": "Get Video Components"}},
         "3": {"class_type": "CreateVideo", "inputs": {"fps": ["2", 2], "images": ["2", 0], "audio": ["5", 0]},
               "_meta": {"title": "Create Video"}},
-        "4": {"class_type": "SaveVideo", "inputs": {"filename_prefix": "video/lipsync", "format": "auto", "codec": "auto",
-                                                    "video": ["3", 0]}, "_meta": {"title": "Save Video"}},
+        "4": {"class_type": "SaveVideo",
+              "inputs": {"filename_prefix": "video/lipsync", "format": "auto", "codec": "auto", "video": ["3", 0]},
+              "_meta": {"title": "Save Video"}},
         "5": {"class_type": "LoadAudio", "inputs": {"audio": "speech.wav"}, "_meta": {"title": "Load Audio"}},
     }
 
