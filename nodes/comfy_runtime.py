@@ -117,9 +117,13 @@ class ComfyRuntime(Runtime):
         self._mm.load_models_gpu([m.handle for m in models], force_full_load=True)
         for model in models:
             device = gather_on_one_device(model.module)
-            if device != model.device:
-                log.info("MuseTalk %s network runs on %s, where ComfyUI keeps its weights", model.role, device)
+            if device == model.device:
+                continue
+            log.info("MuseTalk %s network runs on %s, where ComfyUI keeps its weights", model.role, device)
             model.device = device
+            if device.type == "cpu" and model.dtype == torch.float16:  # CPU convolutions have no fp16 kernels
+                torch.nn.Module.to(model.module, torch.float32)
+                model.dtype = torch.float32
 
     def progress(self, total):
         import comfy.utils

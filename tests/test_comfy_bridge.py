@@ -145,12 +145,16 @@ def test_load_reports_the_device_the_weights_are_on(comfy, pack):
     """Under --novram ComfyUI leaves plain modules on the offload device: run there, every buffer included."""
     comfy.model_management.reset("meta", no_vram=True)  # "meta" plays the GPU that nothing gets moved to
     runtime = runtime_of(pack)
-    module = torch.nn.BatchNorm2d(3)
-    model = runtime.manage(module, "face")
-    assert model.device == torch.device("meta")
-    runtime.load(model)
-    assert model.device == torch.device("cpu")
-    assert {t.device for t in itertools.chain(module.parameters(), module.buffers())} == {torch.device("cpu")}
+    face = runtime.manage(torch.nn.BatchNorm2d(3), "face")
+    unet = runtime.manage(torch.nn.Conv2d(3, 4, 3), "unet")
+    assert (face.device, face.dtype, unet.dtype) == (torch.device("meta"), torch.float32, torch.float16)
+
+    runtime.load(face, unet)
+
+    assert face.device == unet.device == torch.device("cpu")
+    tensors = itertools.chain(face.module.parameters(), face.module.buffers(), unet.module.parameters())
+    assert {(t.device, t.dtype) for t in tensors if t.is_floating_point()} == {(torch.device("cpu"), torch.float32)}
+    assert unet.dtype == torch.float32  # half precision has no CPU convolution kernels
 
 
 @pytest.mark.parametrize("device, role, precision, expected", [
