@@ -33,7 +33,9 @@ class ManagedModel:
 
 
 class Progress:
-    """Counts finished work units; `preview` is an optional [H,W,3] uint8 image of the latest result."""
+    """Counts finished work units; `preview` is an optional [H,W,3] uint8 RGB image of the latest result.
+
+    Inside ComfyUI the preview is shown on the node as it is, so it must be RGB, not the BGR of cv2."""
 
     def __init__(self, total, on_update=None):
         self.total = max(int(total), 1)

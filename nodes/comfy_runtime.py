@@ -3,6 +3,7 @@
 Every network becomes a `ModelPatcher` so that ComfyUI decides where weights live, evicts them for other models and
 unloads them on /free; stages call `load()` right before running, which goes through `load_models_gpu`.
 """
+import logging
 import os
 
 import torch
@@ -11,6 +12,9 @@ from ..musetalk.runtime import Progress, Runtime, StandaloneRuntime
 
 MODEL_FOLDER = "musetalk"
 PREVIEW_SIZE = 256
+_RUNNABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+log = logging.getLogger("musetalk")
 
 
 def in_comfyui():
@@ -55,6 +59,29 @@ def current_runtime():
     return ComfyRuntime() if in_comfyui() else StandaloneRuntime()
 
 
+class PatcherTarget(torch.nn.Module):
+    """What the ModelPatcher manages: a plain container around one network.
+
+    ModelPatcher writes `.device` and its bookkeeping attributes onto the module it is given, and diffusers and
+    transformers models define `device` as a read-only property, so loading one directly fails inside ComfyUI.
+    """
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+
+def gather_on_one_device(module):
+    """Move every parameter and buffer of `module` to the device of its first parameter; returns that device.
+
+    After a full load this is a no-op. It matters when ComfyUI left the weights on the offload device (--novram
+    gives plain modules no budget at all) or evicted part of them: running where the weights are beats a mismatch.
+    """
+    device = next(module.parameters()).device
+    module.to(device)
+    return device
+
+
 class ComfyRuntime(Runtime):
     def __init__(self):
         import comfy.model_management as mm
@@ -65,29 +92,38 @@ class ComfyRuntime(Runtime):
         self.storage_device = mm.intermediate_device()
 
     def compute_dtype(self, role, precision="auto"):
-        if role == "face" or (precision == "auto" and self.device.type == "cpu"):
-            return torch.float32
-        if precision != "auto":
+        if role == "face" or precision != "auto" or self.device.type == "cpu":
+            # explicit choices, the fp32-only face networks and CPU (where ComfyUI itself runs fp32) need no policy
             return StandaloneRuntime(self.device).compute_dtype(role, precision)
         if role == "vae":
-            return self._mm.vae_dtype(self.device, allowed_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-        # the official code runs whisper in the UNet's dtype
-        return self._mm.unet_dtype(self.device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+            dtype = self._mm.vae_dtype(self.device, allowed_dtypes=list(_RUNNABLE_DTYPES))
+        else:
+            # the official code runs whisper in the UNet's dtype
+            dtype = self._mm.unet_dtype(self.device, supported_dtypes=list(_RUNNABLE_DTYPES))
+        if dtype in _RUNNABLE_DTYPES:
+            return dtype
+        # --fp8-*-unet / --fp64-unet describe diffusion model storage; these networks only run in half or full
+        return torch.float16 if self._mm.should_use_fp16(self.device) else torch.float32
 
     def manage(self, module, role, precision="auto"):
         from comfy.model_patcher import ModelPatcher
 
         model = super().manage(module, role, precision)
-        model.handle = ModelPatcher(module, load_device=self.device, offload_device=self.offload_device)
+        model.handle = ModelPatcher(PatcherTarget(module), load_device=self.device, offload_device=self.offload_device)
         return model
 
     def load(self, *models):
-        # Full loads: these are plain torch modules, which ComfyUI can only move whole (partial loading needs comfy.ops).
+        # Full loads: ComfyUI streams only comfy.ops layers; a plain module loaded partially ends up split in two.
         self._mm.load_models_gpu([m.handle for m in models], force_full_load=True)
         for model in models:
-            # --novram may keep weights on the offload device; run where they are instead of mixing devices
-            model.device = next(model.module.parameters()).device
-            model.module.to(model.device)
+            device = gather_on_one_device(model.module)
+            if device == model.device:
+                continue
+            log.info("MuseTalk %s network runs on %s, where ComfyUI keeps its weights", model.role, device)
+            model.device = device
+            if device.type == "cpu" and model.dtype == torch.float16:  # CPU convolutions have no fp16 kernels
+                torch.nn.Module.to(model.module, torch.float32)
+                model.dtype = torch.float32
 
     def progress(self, total):
         import comfy.utils
@@ -98,6 +134,7 @@ class ComfyRuntime(Runtime):
             if preview is not None:
                 from PIL import Image
 
+                # the tuple ComfyUI's progress hook sends to the browser: (format, PIL image, longest side)
                 preview = ("JPEG", Image.fromarray(preview), PREVIEW_SIZE)
             bar.update_absolute(done, total, preview)
 

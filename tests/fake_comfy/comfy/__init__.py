@@ -1,0 +1,1 @@
+"""Fake ComfyUI `comfy` package for offline tests (see ../README.md)."""

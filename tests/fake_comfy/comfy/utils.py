@@ -1,0 +1,18 @@
+"""Fake comfy.utils.ProgressBar: every update_absolute call lands in `updates` as (value, total, preview)."""
+updates = []
+
+
+class ProgressBar:
+    def __init__(self, total, node_id=None):
+        self.total = total
+        self.current = 0
+        self.node_id = node_id
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        updates.append((self.current, self.total, preview))
+
+    def update(self, value):
+        self.update_absolute(self.current + value)

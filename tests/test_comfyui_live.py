@@ -1,0 +1,170 @@
+"""The pack inside a real ComfyUI (skipped unless COMFYUI_DIR and COMFYUI_PYTHON name an installed ComfyUI):
+
+    COMFYUI_DIR=/work/comfyui COMFYUI_PYTHON=/work/comfy-venv/bin/python \\
+        /work/venv/bin/python -m pytest -q tests/test_comfyui_live.py
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from comfyui_live import PACK_FOLDER, REPO, ComfyError, server_from_env
+from conftest import load_pack
+
+pytestmark = pytest.mark.skipif(not (os.environ.get("COMFYUI_DIR") and os.environ.get("COMFYUI_PYTHON")),
+                                reason="set COMFYUI_DIR and COMFYUI_PYTHON to run against a real ComfyUI")
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):
+    """ComfyUI with this checkout linked in and the generated checkpoints as an extra `musetalk` model path."""
+    work = tmp_path_factory.mktemp("comfyui_live")
+    config = work / "extra_model_paths.yaml"
+    config.write_text(f"musetalk_tests:\n    musetalk: {models_dir}\n")
+    (work / "input").mkdir()  # LoadImage lists it for /object_info; were it missing, the node would be left out
+    live = server_from_env(extra_args=["--extra-model-paths-config", str(config), "--input-directory",
+                                       str(work / "input"), "--output-directory", str(work / "output")])
+    with live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def pack():
+    name = "ComfyUI_MuseTalk_live_test"
+    yield load_pack(REPO, name)
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+def loader_prompt(**inputs):
+    return {"1": {"class_type": "LoadMuseTalkModels",
+                  "inputs": {"version": "v1.5", "precision": "auto", "vae": "auto (musetalk/sd-vae)", **inputs}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def test_pack_imports_without_errors(server):
+    assert server.import_failures() == []
+    assert f"custom_nodes/{PACK_FOLDER}" in server.log_tail(100000)
+
+
+def test_object_info_lists_every_registered_node(server, pack):
+    info = server.object_info()
+    ours = {name for name, node in info.items() if node.get("python_module") == f"custom_nodes.{PACK_FOLDER}"}
+    assert ours == set(pack.NODE_CLASS_MAPPINGS)
+    for name in ours:
+        assert info[name]["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert info[name]["category"].startswith("MuseTalk")
+
+
+def test_loader_executes_and_finds_the_extra_model_path_first(server, models_dir):
+    outputs = server.run_prompt(loader_prompt())
+    (text,) = outputs["2"]["text"]
+    assert text.startswith("MuseTalkModels(version='v1.5'")
+    assert f"roots=['{models_dir}', " in text
+
+
+def test_invalid_input_is_reported_per_node(server):
+    with pytest.raises(ComfyError) as rejected:
+        server.run_prompt(loader_prompt(version="v2.0"))
+    assert "1" in rejected.value.details["node_errors"]
+    assert "v2.0" in str(rejected.value)
+
+
+def test_ui_workflow_converts_and_runs(server, tmp_path):
+    """An uploaded image: LoadImage (with its upload widget) via a Reroute to PreviewImage; our loader to PreviewAny."""
+    from PIL import Image
+
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(tmp_path / "musetalk_live_red.png")
+    uploaded = server.upload(str(tmp_path / "musetalk_live_red.png"))
+    workflow = {
+        "last_node_id": 5, "last_link_id": 3, "version": 0.4,
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "mode": 0, "widgets_values": [uploaded, "image"],
+             "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]},
+                                       {"name": "MASK", "type": "MASK", "links": []}]},
+            {"id": 2, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}],
+             "outputs": [{"name": "", "type": "IMAGE", "links": [2]}]},
+            {"id": 3, "type": "PreviewImage", "mode": 0, "widgets_values": [],
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "outputs": []},
+            {"id": 4, "type": "LoadMuseTalkModels", "mode": 0,
+             "widgets_values": ["v1.0", "fp32", "auto (musetalk/sd-vae)"],
+             "inputs": [], "outputs": [{"name": "model", "type": "MUSETALK_MODEL", "links": [3]}]},
+            {"id": 5, "type": "PreviewAny", "mode": 0, "widgets_values": [],
+             "inputs": [{"name": "source", "type": "*", "link": 3}], "outputs": []},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 4, 0, 5, 0, "MUSETALK_MODEL"]],
+    }
+    outputs = server.run_workflow(workflow)
+    assert outputs["3"]["images"][0]["type"] == "temp"
+    assert outputs["5"]["text"][0].startswith("MuseTalkModels(version='v1.0'")
+
+
+# Runs inside ComfyUI's interpreter with ComfyUI's own modules (as `main.py --cpu` sets them up), without a server:
+# the networks go through the real ModelPatcher / load_models_gpu under inference mode, as a node's execution does.
+REAL_RUNTIME_PROBE = r"""
+import importlib.util, json, os, sys
+comfy_dir, pack_dir, models_dir = sys.argv[1:4]
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, comfy_dir)
+os.chdir(comfy_dir)
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+import comfy.model_management as mm
+import folder_paths
+
+folder_paths.add_model_folder_path("musetalk", models_dir)
+name = pack_dir.replace(".", "_x_")
+spec = importlib.util.spec_from_file_location(name, os.path.join(pack_dir, "__init__.py"))
+pack = importlib.util.module_from_spec(spec)
+sys.modules[name] = pack
+spec.loader.exec_module(pack)
+report = {}
+with torch.inference_mode():
+    (models,) = pack.NODE_CLASS_MAPPINGS["LoadMuseTalkModels"]().load("v1.5", "auto")
+    runtime = models.runtime
+    vae, unet, parser = models.vae(), models.unet(), models.face_parser()
+    runtime.load(vae, unet, parser)
+    report["loaded"] = sorted(type(p.model.network).__name__ for p in mm.loaded_models())
+    report["devices"] = sorted({str(t.device) for m in (vae, unet, parser)
+                                for t in list(m.module.parameters()) + list(m.module.buffers())})
+    report["reported"] = [str(m.device) for m in (vae, unet, parser)]
+    latents = vae.module.encode(torch.rand(1, 3, 64, 64)).latent_dist.mean
+    report["latents"] = list(latents.shape)
+    progress = runtime.progress(2)
+    progress.update(1)
+    progress.update(1, preview=torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())
+    runtime.check_interrupt()
+    mm.interrupt_current_processing()
+    try:
+        runtime.check_interrupt()
+    except mm.InterruptProcessingException:
+        report["interrupted"] = True
+    mm.unload_all_models()
+    report["after_unload"] = len(mm.loaded_models())
+    runtime.load(vae)
+    report["reloaded"] = [type(p.model.network).__name__ for p in mm.loaded_models()]
+    runtime.device = torch.device("cuda")  # only asks ComfyUI's dtype policy; under --cpu it never touches CUDA
+    report["dtypes_for_a_gpu"] = [str(runtime.compute_dtype(role, "auto")) for role in ("unet", "vae", "audio")]
+print(json.dumps(report))
+"""
+
+
+def test_runtime_on_real_model_management(models_dir):
+    result = subprocess.run(
+        [os.environ["COMFYUI_PYTHON"], "-c", REAL_RUNTIME_PROBE, os.environ["COMFYUI_DIR"], REPO, models_dir],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "loaded": ["AutoencoderKL", "BiSeNet", "UNet2DConditionModel"],
+        "devices": ["cpu"],
+        "reported": ["cpu", "cpu", "cpu"],
+        "latents": [1, 4, 8, 8],
+        "interrupted": True,
+        "after_unload": 0,
+        "reloaded": ["AutoencoderKL"],
+        "dtypes_for_a_gpu": ["torch.float32"] * 3,  # --cpu makes ComfyUI's should_use_fp16/bf16 say no
+    }
