@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO, TESTS, load_pack
 
 # node ids agreed in the design; every other id must carry the pack's prefix (core ids win over a pack's, contract §1)
-DESIGN_CARD_IDS = {"LoadMuseTalkModels"}
+DESIGN_CARD_IDS = {"LoadMuseTalkModels", "AudioToWhisperFeatures", "FaceDetectAndParse", "LatentLipInpaint",
+                   "BlendAndDecode"}
 NEVER_IMPORTED = ("mmcv", "mmpose", "mmdet", "mmengine", "onnxruntime")
 NOT_AT_IMPORT = ("diffusers", "transformers", "safetensors", "comfy.model_management")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx")
@@ -99,6 +100,7 @@ def pack():
 
 def test_node_ids_and_display_names(pack):
     ids = set(pack.NODE_CLASS_MAPPINGS)
+    assert DESIGN_CARD_IDS <= ids
     assert [i for i in ids if i not in DESIGN_CARD_IDS and not i.startswith("MuseTalk")] == []
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == ids
     assert [n for n in pack.NODE_DISPLAY_NAME_MAPPINGS.values() if not n.startswith("MuseTalk")] == []
