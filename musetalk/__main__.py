@@ -58,11 +58,12 @@ def _run_check(args):
 
 
 def _add_lipsync(commands):
+    from .face import FaceSettings
     from .inpaint import CYCLE_MODES
     from .masks import PARSING_MODES
     from .pipeline import LipSyncOptions
 
-    defaults = LipSyncOptions()
+    defaults, face = LipSyncOptions(), FaceSettings()
     parser = commands.add_parser(
         "lipsync", help="lip-sync a video to a speech file",
         description="Writes an H.264 mp4 with the speech as AAC, at the source frame rate, as long as the audio "
@@ -72,16 +73,16 @@ def _add_lipsync(commands):
     parser.add_argument("--out", required=True, help="the mp4 to write")
     parser.add_argument("--version", choices=VERSIONS, default="v1.5", help="default: v1.5")
     parser.add_argument("--models", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
-    parser.add_argument("--bbox-shift", type=int, default=defaults.bbox_shift,
+    parser.add_argument("--bbox-shift", type=int, default=face.bbox_shift,
                         help="px to move the face box top (v1.0 semantics; v1.5 is trained for 0)")
-    parser.add_argument("--extra-margin", type=int, default=defaults.extra_margin, help="v1.5: px below the chin")
-    parser.add_argument("--parsing-mode", choices=PARSING_MODES, default=defaults.parsing_mode,
+    parser.add_argument("--extra-margin", type=int, default=face.extra_margin, help="v1.5: px below the chin")
+    parser.add_argument("--parsing-mode", choices=PARSING_MODES, default=face.parsing_mode,
                         help="blend mask: jaw (v1.5 default), raw, neck, or v1.0 (the original v1.0 mask)")
-    parser.add_argument("--left-cheek-width", type=int, default=defaults.left_cheek_width)
-    parser.add_argument("--right-cheek-width", type=int, default=defaults.right_cheek_width)
-    parser.add_argument("--face-select", default=defaults.face_select,
+    parser.add_argument("--left-cheek-width", type=int, default=face.left_cheek_width)
+    parser.add_argument("--right-cheek-width", type=int, default=face.right_cheek_width)
+    parser.add_argument("--face-select", default=face.face_select,
                         help="first (official), largest, left-most, right-most, or index:N")
-    parser.add_argument("--smooth-boxes", type=float, default=defaults.smooth, help="box smoothing sigma in frames")
+    parser.add_argument("--smooth-boxes", type=float, default=face.smooth, help="box smoothing sigma in frames")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--cycle", choices=CYCLE_MODES, default=defaults.cycle,
                         help="how the video covers the audio (default: pingpong, as the official)")
@@ -95,6 +96,7 @@ def _add_lipsync(commands):
 
 
 def _run_lipsync(args):
+    from .face import FaceSettings
     from .pipeline import LipSyncOptions, lipsync
     from .runtime import StandaloneRuntime
 
@@ -108,9 +110,9 @@ def _run_lipsync(args):
     if args.bboxes:
         with open(args.bboxes) as f:
             bboxes = f.read()
-    options = LipSyncOptions(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,
-                             args.right_cheek_width, args.face_select, args.smooth_boxes, args.batch_size,
-                             args.cycle, args.fps, bboxes)
+    face = FaceSettings(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,
+                        args.right_cheek_width, args.face_select, args.smooth_boxes)
+    options = LipSyncOptions(face, args.batch_size, args.cycle, args.fps, bboxes)
     models = MuseTalkModels(args.version, files, StandaloneRuntime(args.device), args.precision)
     count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir)
     print(f"wrote {args.out}: {count} frames")

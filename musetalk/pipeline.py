@@ -5,12 +5,12 @@ audio -> features, frames -> faces -> source latents -> mouth latents -> pasted 
 pasted and written a chunk at a time, so only the source frames and per-frame face data stay in memory.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .audio import extract_features
-from .face import detect_and_parse
+from .face import FaceSettings, detect_and_parse
 from .face_boxes import parse_bboxes
 from .inpaint import cycle_indices
 from .lipsync import SourceLatents, generate_latents, render_frames
@@ -21,13 +21,7 @@ CHUNK_BATCHES = 8  # output frames in flight = batch_size * CHUNK_BATCHES
 
 @dataclass
 class LipSyncOptions:
-    bbox_shift: int = 0
-    extra_margin: int = 10
-    parsing_mode: str = "jaw"
-    left_cheek_width: int = 90
-    right_cheek_width: int = 90
-    face_select: str = "first"
-    smooth: float = 0.0
+    face: FaceSettings = field(default_factory=FaceSettings)
     batch_size: int = 8
     cycle: str = "pingpong"
     fps: float = 25.0  # for image and folder inputs; a video keeps its own rate
@@ -48,9 +42,9 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
 
     frames = source.frames(0, source.count)
     boxes = parse_bboxes(options.bboxes, source.count, source.size)
-    faces, crops = detect_and_parse(models, frames, options.bbox_shift, options.extra_margin, options.parsing_mode,
-                                    options.left_cheek_width, options.right_cheek_width, boxes,
-                                    options.face_select, options.smooth)
+    face = options.face
+    faces, crops = detect_and_parse(models, frames, face.bbox_shift, face.extra_margin, face.parsing_mode,
+                                    face.left_cheek_width, face.right_cheek_width, boxes, face.face_select, face.smooth)
     log(faces.bbox_shift_range)
     sources = SourceLatents.encode(models, faces, crops, options.batch_size)
     source_index = cycle_indices(len(faces), features.frame_count, options.cycle)

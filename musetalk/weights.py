@@ -3,6 +3,7 @@
 Every failure becomes a `WeightsError` that names the file, what was expected there and how to fix it, because a
 MuseTalk install mixes files from six sources and a wrong or truncated file is the most common support question.
 """
+import json
 import os
 import pickle
 import types
@@ -43,6 +44,15 @@ def read_state_dict(path, expected, fix, unwrap=()):
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) or not state:
         raise WeightsError(path, "holds no tensor dictionary", expected, fix)
     return state
+
+
+def read_json(path, expected, fix):
+    """A model's JSON config; an unreadable or malformed file becomes a WeightsError."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise WeightsError(path, f"cannot be read as JSON ({error})", expected, fix) from error
 
 
 def _torch_load(path):

@@ -1,5 +1,4 @@
 """FaceDetectAndParse: face boxes, network crops and blend masks for a clip, computed once and reused per audio."""
-import torch
 
 from ..musetalk.face import detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes

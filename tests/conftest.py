@@ -38,7 +38,9 @@ def fixture_inputs():
 
 
 def load_pack(path=REPO, name="ComfyUI_MuseTalk_under_test"):
-    """Import the pack the way ComfyUI does: by file location, under an arbitrary module name."""
+    """Import the pack the way ComfyUI does: by file location, under an arbitrary module name (once per name)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
                                                   submodule_search_locations=[path])
     module = importlib.util.module_from_spec(spec)

@@ -3,12 +3,11 @@
 MuseTalk is not a diffusion model: it runs one inpainting step at t=0 with the audio tokens as cross-attention
 context. Both versions ship a plain state dict in diffusers naming plus the `musetalk.json` config.
 """
-import json
 import math
 
 import torch
 
-from ..weights import WeightsError, load_strict, read_state_dict
+from ..weights import WeightsError, load_strict, read_json, read_state_dict
 
 LATENT_SCALE = 0.18215
 AUDIO_TOKENS, AUDIO_DIM = 50, 384
@@ -18,11 +17,7 @@ def load_unet(config_path, weights_path, expected, fix):
     """Build the UNet from `musetalk.json` and fill it strictly from the weights file (CPU, fp32)."""
     from diffusers import UNet2DConditionModel
 
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as error:
-        raise WeightsError(config_path, f"cannot be read as JSON ({error})", expected, fix) from error
+    config = read_json(config_path, expected, fix)
     if config.get("in_channels") != 8 or config.get("cross_attention_dim") != AUDIO_DIM:
         raise WeightsError(config_path, "is not a MuseTalk UNet config (needs in_channels 8, cross_attention_dim 384)",
                            expected, fix)

@@ -6,13 +6,12 @@
 * the single-file original-layout checkpoint ComfyUI users keep in `models/vae`
   (`vae-ft-mse-840000-ema-pruned.safetensors`): the same weights under CompVis names.
 """
-import json
 import os
 import re
 
 import torch
 
-from ..weights import WeightsError, load_strict, read_state_dict
+from ..weights import WeightsError, load_strict, read_json, read_state_dict
 
 # sd-vae-ft-mse's config; a single-file checkpoint carries none, so its widths are read from the weights instead
 SD_VAE_CONFIG = {
@@ -31,12 +30,7 @@ def load_vae(path, expected, fix):
     if os.path.isdir(path):
         weights = next((os.path.join(path, n) for n in _WEIGHT_NAMES if os.path.isfile(os.path.join(path, n))),
                        os.path.join(path, _WEIGHT_NAMES[-1]))
-        config_path = os.path.join(path, "config.json")
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (OSError, ValueError) as error:
-            raise WeightsError(config_path, f"cannot be read as JSON ({error})", expected, fix) from error
+        config = read_json(os.path.join(path, "config.json"), expected, fix)
         state = _modern_attention_names(read_state_dict(weights, expected, fix))
     else:
         weights = path

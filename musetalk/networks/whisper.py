@@ -5,14 +5,13 @@ v1.5 reads the Hugging Face folder (`config.json` + `pytorch_model.bin`/`model.s
 the original v1.0 reads the openai `tiny.pt` (`{"dims", "model_state_dict"}`, fp16, keys `encoder.*`). Both key
 layouts are mapped onto this one module; the decoder tensors in either file are skipped because nothing reads them.
 """
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import WeightsError, load_strict, read_state_dict
+from ..weights import WeightsError, load_strict, read_json, read_state_dict
 
 N_MELS = 80
 N_CTX = 1500  # encoder frames per 30 s input, 50 per second
@@ -102,11 +101,7 @@ def load_whisper(path, expected, fix):
 
 def _read_hf_folder(folder, expected, fix):
     config_path = os.path.join(folder, "config.json")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as error:
-        raise WeightsError(config_path, f"cannot be read as JSON ({error})", expected, fix) from error
+    config = read_json(config_path, expected, fix)
     other = {k: config.get(k) for k, v in _HF_CONFIG.items() if config.get(k) != v}
     if config.get("model_type") != "whisper" or other:
         raise WeightsError(config_path, f"does not describe whisper-tiny (model_type {config.get('model_type')!r}, "
