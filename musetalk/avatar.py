@@ -19,7 +19,7 @@ import torch
 
 from .face import FaceSettings, FaceTrack, as_rgb_uint8
 from .inpaint import CROP_SIZE, crops_tensor
-from .lipsync import SourceLatents, encoder_dtype
+from .lipsync import SourceLatents, encoder_key
 from .models import VERSIONS
 from .weights import WeightsError
 
@@ -48,7 +48,7 @@ class Avatar:
     faces: FaceTrack of the N source frames; crops: uint8 RGB [N,256,256,3] CPU tensor; sources: SourceLatents of
     the frames with a face (float32 [F,8,32,32]); frames: uint8 RGB [N,H,W,3] CPU tensor; fps: the clip's frame rate;
     version: the MuseTalk version the faces and latents were made with; latent_dtype: the VAE dtype the latents were
-    computed in ('float32', 'float16' or 'bfloat16').
+    computed in ('float32', 'float16' or 'bfloat16'); vae: the VAE's folder or file name (`lipsync.vae_name`).
     """
 
     faces: FaceTrack
@@ -58,6 +58,12 @@ class Avatar:
     fps: float
     version: str
     latent_dtype: str
+    vae: str
+
+    @property
+    def encoder(self):
+        """The `lipsync.encoder_key` of the models the latents were made with."""
+        return self.version, self.latent_dtype, self.vae
 
 
 def prepare_avatar(models, faces, crops, frames, fps):
@@ -77,8 +83,8 @@ def prepare_avatar(models, faces, crops, frames, fps):
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}: give the video's frame rate")
     sources = SourceLatents.encode(models, faces, crops)
-    return Avatar(faces, crops_tensor(crops).cpu(), sources, torch.from_numpy(frames), float(fps), models.version,
-                  encoder_dtype(models))
+    return Avatar(faces, crops_tensor(crops).cpu(), sources, torch.from_numpy(frames), float(fps),
+                  *encoder_key(models))
 
 
 def save_avatar(avatar, path):
@@ -88,7 +94,8 @@ def save_avatar(avatar, path):
     # the UNet's convolutions pick their kernels, and so their rounding, by layout, and a loaded avatar must give
     # the very numbers of a fresh run.
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "musetalk_version": avatar.version,
-            "latent_dtype": avatar.latent_dtype, "fps": float(avatar.fps), "faces": _track_data(avatar.faces),
+            "latent_dtype": avatar.latent_dtype, "vae": avatar.vae, "fps": float(avatar.fps),
+            "faces": _track_data(avatar.faces),
             "crops": avatar.crops.cpu().contiguous(), "frames": avatar.frames.cpu().contiguous(),
             "latents": avatar.sources.latents.cpu()}
     folder, name = os.path.split(os.path.abspath(path))
@@ -113,9 +120,9 @@ def save_avatar(avatar, path):
 def load_avatar(path, models=None):
     """Read an avatar file written by `save_avatar`; raises AvatarError (what, where, fix) for anything else.
 
-    With `models` the avatar must belong to `models.version`; when the VAE of `models` encodes in the dtype the
-    latents were made in, the stored latents stand in for encoding the crops (see `SourceLatents.remember`),
-    otherwise the first lip sync encodes them once again.
+    With `models` the avatar must belong to `models.version`; when `models` encodes with the VAE (by name) and dtype
+    the latents were made with, the stored latents stand in for encoding the crops (`SourceLatents.remember`);
+    otherwise the first lip sync encodes the stored crops once again, which gives the latents of a fresh run.
     """
     if not os.path.isfile(path):
         raise AvatarError(path, "file not found", EXPECTED,
@@ -142,11 +149,12 @@ def load_avatar(path, models=None):
         raise AvatarError(path, f"holds inconsistent data ({error}); the file is damaged", EXPECTED,
                           f"delete it and {PREPARE_AGAIN}") from error
     if models is not None:
-        if avatar.latent_dtype == encoder_dtype(models):
+        _, dtype, vae = current = encoder_key(models)
+        if avatar.encoder == current:
             avatar.sources.remember(models, avatar.faces, avatar.crops)
         else:
-            log.info("MuseTalk: %s holds %s latents but the VAE now encodes in %s; the crops are encoded once again",
-                     path, avatar.latent_dtype, encoder_dtype(models))
+            log.info("MuseTalk: %s holds latents of VAE %s in %s, the model encodes with %s in %s; the crops are "
+                     "encoded once again", path, avatar.vae, avatar.latent_dtype, vae, dtype)
     return avatar
 
 
@@ -216,7 +224,7 @@ def _avatar_from_data(data):
     fps = data["fps"]
     _require(isinstance(fps, float) and math.isfinite(fps) and fps > 0, f"fps {fps!r}")
     return Avatar(faces, crops, SourceLatents.of_faces(faces, latents), frames, fps, version,
-                  str(data["latent_dtype"]))
+                  str(data["latent_dtype"]), str(data["vae"]))
 
 
 def _blend(mask, crop_box, paste_box, index):

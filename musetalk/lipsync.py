@@ -7,6 +7,7 @@ Output frame t shows source frame `source_index[t]` at audio time t/fps. A frame
 networks and comes back unchanged; the official code instead drops it and shifts every later frame (spec §7 Q3).
 """
 import hashlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,7 @@ class SourceLatents:
             raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
                              "outputs of the same FaceDetectAndParse node")
         crops = crops_tensor(crops)
-        key, digest = encoder_key(models), _digest(crops)
+        key, digest = _memo_key(models), _digest(crops)
         kept = faces.memo.get(key)
         if kept is not None and kept[0] == digest:
             return kept[1]
@@ -66,17 +67,26 @@ class SourceLatents:
 
     def remember(self, models, faces, crops):
         """Let these latents answer `encode(models, faces, crops)` from now on (e.g. latents read from a file)."""
-        faces.memo[encoder_key(models)] = (_digest(crops_tensor(crops)), self)
+        faces.memo[_memo_key(models)] = (_digest(crops_tensor(crops)), self)
 
 
 def encoder_key(models):
-    """What decides the source latents besides faces and crops: version, VAE dtype name and VAE file."""
-    return ("source_latents", models.version, encoder_dtype(models), models.files.require(models.version, "vae")[0])
+    """What decides the source latents besides the faces and crops: (version, VAE dtype name, VAE name)."""
+    return models.version, encoder_dtype(models), vae_name(models)
 
 
 def encoder_dtype(models):
     """The dtype the VAE of `models` encodes in, as a name: 'float32', 'float16' or 'bfloat16'."""
     return str(models.runtime.compute_dtype("vae", models.precision)).replace("torch.", "")
+
+
+def vae_name(models):
+    """The VAE's folder or file name, e.g. 'sd-vae' or 'vae-ft-mse-840000-ema-pruned.safetensors' (not read)."""
+    return os.path.basename(os.path.normpath(models.files.require(models.version, "vae")[0]))
+
+
+def _memo_key(models):
+    return ("source_latents",) + encoder_key(models)
 
 
 def _digest(crops):

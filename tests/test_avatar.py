@@ -85,7 +85,7 @@ def test_save_passes_its_inputs_through_and_writes_the_file(pack, chain, saved):
     out, path = saved
     assert out["result"] == (chain["faces"], chain["crops"], chain["images"], 25.0) and out["ui"]["text"] == [path]
     assert os.path.isfile(path) and [f for f in os.listdir(chain["folder"]) if f.endswith(".tmp")] == []
-    assert nodes["MuseTalkLoadAvatar"].INPUT_TYPES()["required"]["avatar"][0] == ["clip"]
+    assert "clip" in nodes["MuseTalkLoadAvatar"].INPUT_TYPES()["required"]["avatar"][0]
     data = torch.load(path, weights_only=True)
     assert data["format"] == "musetalk-avatar" and data["format_version"] == 1 and data["musetalk_version"] == "v1.5"
     assert data["frames"].dtype == torch.uint8 and data["crops"].dtype == torch.uint8
@@ -105,7 +105,7 @@ def test_round_trip_equals_the_original(pack, chain, saved):
     assert torch.equal(loaded.frames, (chain["images"] * 255).round().to(torch.uint8))
     (_, encoded), = faces.memo.values()
     assert torch.equal(loaded.sources.latents, encoded.latents) and loaded.sources.rows == [0, None, 1]
-    assert loaded.fps == 25.0 and loaded.latent_dtype == "float32" and loaded.faces.memo == {}
+    assert loaded.fps == 25.0 and loaded.encoder == ("v1.5", "float32", "sd-vae") and loaded.faces.memo == {}
 
 
 def test_loaded_avatar_lip_syncs_like_the_chain_without_encoding(pack, chain, saved, encoder_calls):
@@ -129,10 +129,15 @@ def test_new_audio_reuses_the_source_latents(pack, chain, encoder_calls):
     assert encoder_calls == [4]
 
 
-def test_other_precision_encodes_the_crops_again(pack, saved):
+def test_other_precision_or_vae_encodes_the_crops_again(pack, chain, saved):
     nodes, engine = pack
-    (model,) = nodes["LoadMuseTalkModels"]().load("v1.5", "bf16")
-    assert engine["avatar"].load_avatar(saved[1], model).faces.memo == {}
+    (bf16,) = nodes["LoadMuseTalkModels"]().load("v1.5", "bf16")
+    assert engine["avatar"].load_avatar(saved[1], bf16).faces.memo == {}
+    assert len(engine["avatar"].load_avatar(saved[1], chain["model"]).faces.memo) == 1
+    good = torch.load(saved[1], weights_only=True)
+    other = os.path.join(chain["folder"], "other-vae.musetalk-avatar")
+    torch.save({**good, "vae": "some-other-vae.safetensors"}, other)
+    assert engine["avatar"].load_avatar(other, chain["model"]).faces.memo == {}
 
 
 @pytest.mark.parametrize("name", ["", "  ", "../clip", "a/b", "a\\b", "..", ".hidden", "c:clip", "x" * 121])
