@@ -2,8 +2,10 @@
 
 An `Avatar` holds a clip's FaceTrack (boxes and crop-sized blend masks), its 256x256 network crops, the VAE latents
 of those crops and the source frames, plus the frame rate. With it, a new audio costs one UNet step, one VAE decode
-and one paste per output frame: the idea of the official realtime_inference.py (spec §6), without its console
-prompts, its forced fp16 or its dropped last frame (spec §7 Q9, Q10, Q13, Q24, Q25).
+and one paste per output frame: the idea of the official realtime_inference.py (spec §6). The lip sync itself runs
+through the normal stages of lipsync.py, so none of that script's faults come along (spec §7): no console prompts
+and any precision (Q10), no dropped last frame (Q9), crop-sized 2-D masks pasted like PIL (Q13), every batch on the
+runtime's device (Q24), no blending thread that can hang (Q25).
 
 The file is a `torch.save` of plain data (tensors, numbers, strings, lists, dicts, None), so
 `torch.load(..., weights_only=True)` reads it without running pickled code. FORMAT_VERSION changes with the layout.
@@ -142,7 +144,8 @@ def load_avatar(path, models=None):
     if models is not None and version != models.version:
         raise AvatarError(path, f"was prepared for MuseTalk {version}, but the model is MuseTalk {models.version}",
                           f"an avatar prepared with MuseTalk {models.version}",
-                          f"select {version} in MuseTalk Load Models, or {PREPARE_AGAIN} and {models.version}")
+                          f"select {version} in MuseTalk Load Models, or prepare the avatar again with "
+                          f"{models.version}: run MuseTalk Save Avatar on the video")
     try:
         avatar = _avatar_from_data(data)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:

@@ -6,6 +6,8 @@ networks' CPU time low; the chain is the one of test_lipsync_nodes.py.
 import importlib
 import json
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -158,6 +160,13 @@ def test_names_and_listing(pack, saved):
     assert nodes["MuseTalkLoadAvatar"].IS_CHANGED(avatar="clip", model=None) != ""
     missing = nodes["MuseTalkLoadAvatar"].VALIDATE_INPUTS("absent")
     assert "no avatar named 'absent'" in missing and "MuseTalk Save Avatar" in missing
+
+
+def test_inside_comfyui_avatars_go_to_the_output_folder(pack, tmp_path, monkeypatch):
+    comfy_runtime = importlib.import_module(pack[1]["avatar"].__name__.split(".")[0] + ".nodes.comfy_runtime")
+    monkeypatch.setitem(sys.modules, "folder_paths", types.SimpleNamespace(get_output_directory=lambda: str(tmp_path)))
+    assert comfy_runtime.avatar_path("anna") == os.path.join(str(tmp_path), "musetalk", "avatars",
+                                                             "anna.musetalk-avatar")
 
 
 def _write(path, data):
