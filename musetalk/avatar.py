@@ -13,6 +13,7 @@ The file is a `torch.save` of plain data (tensors, numbers, strings, lists, dict
 import logging
 import math
 import os
+import pickle
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -132,8 +133,8 @@ def load_avatar(path, models=None):
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise AvatarError(path, f"cannot be read ({type(error).__name__}: {error}); the file is damaged, truncated "
-                                "or not an avatar", EXPECTED, f"delete it and {PREPARE_AGAIN}") from error
+        raise AvatarError(path, f"cannot be read ({_reason(error)}); the file is damaged, truncated or not an "
+                                "avatar", EXPECTED, f"delete it and {PREPARE_AGAIN}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AvatarError(path, "is not a MuseTalk avatar file", EXPECTED,
                           f"pick a {SUFFIX} file written by MuseTalk Save Avatar")
@@ -260,6 +261,14 @@ def _require_tensor(value, what, dtype, shape):
 def _require(condition, problem):
     if not condition:
         raise ValueError(problem)
+
+
+def _reason(error):
+    # torch's weights-only refusal goes on to suggest weights_only=False, which must never be done with such a file
+    if isinstance(error, pickle.UnpicklingError):
+        return "it does not load as plain tensors and values"
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:200]}"
 
 
 def _remove(path):
