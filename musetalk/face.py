@@ -55,6 +55,8 @@ class FaceTrack:
         below the chin), None = no face: the frame passes through unchanged.
     blend: (mask uint8 [2s,2s], crop_box (x0,y0,x1,y1)) per face frame from the face parser, None otherwise; masks
         stay crop-sized, `frame_masks` renders them at frame size.
+    memo: what later stages derive from this track alone and keep with it, so that it lives exactly as long as the
+        track (`SourceLatents.encode` keeps the VAE latents of the crops here). Never saved, never compared.
     """
 
     frame_size: tuple  # (height, width)
@@ -64,6 +66,7 @@ class FaceTrack:
     blend: list = field(repr=False)
     settings: FaceSettings
     bbox_shift_range: str
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self):
         return len(self.paste_boxes)

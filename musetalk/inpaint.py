@@ -18,7 +18,7 @@ LATENT_SIZE = CROP_SIZE // 8
 CYCLE_MODES = ("pingpong", "loop", "once")
 
 
-def _crops_tensor(crops):
+def crops_tensor(crops):
     """uint8 [N,256,256,3] numpy or torch -> torch uint8, with a clear error for anything else."""
     if isinstance(crops, np.ndarray):
         crops = torch.from_numpy(np.ascontiguousarray(crops))
@@ -36,7 +36,7 @@ def vae_inputs(crops):
     `crops`: uint8 RGB [N,256,256,3] (numpy or torch). Returns (masked, reference): masked has the lower half
     (rows 128..255) blanked to exactly -1, so the UNet must invent the mouth; reference is the whole crop.
     """
-    crops = _crops_tensor(crops)
+    crops = crops_tensor(crops)
     # float64 /255 then float32, as numpy does in the official code, so the values are bit-identical. Contiguous
     # NCHW: a channels-last view would make the convolutions pick other kernels (and other rounding)
     channels_first = crops.permute(0, 3, 1, 2).contiguous()
@@ -60,7 +60,7 @@ def encode_sources(models, crops, batch_size=8):
     `crops`: uint8 RGB [N,256,256,3]. Channels 0-3 encode the masked crop, 4-7 the full crop, each the posterior
     mean times 0.18215 (computed in the VAE dtype, as the official code scales the VAE output).
     """
-    crops = _crops_tensor(crops)
+    crops = crops_tensor(crops)
     runtime, vae = models.runtime, models.vae()
     runtime.load(vae)
     progress = runtime.progress(len(crops))

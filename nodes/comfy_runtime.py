@@ -8,9 +8,11 @@ import os
 
 import torch
 
+from ..musetalk.avatar import avatar_file_name, standalone_avatar_dir
 from ..musetalk.runtime import Progress, Runtime, StandaloneRuntime
 
 MODEL_FOLDER = "musetalk"
+AVATAR_SUBFOLDER = os.path.join("musetalk", "avatars")
 PREVIEW_SIZE = 256
 _RUNNABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -53,6 +55,20 @@ def vae_file_path(name):
     import folder_paths
 
     return folder_paths.get_full_path_or_raise("vae", name)
+
+
+def avatar_dir():
+    """Where avatars are saved and listed: <ComfyUI output>/musetalk/avatars, or the standalone default outside."""
+    try:
+        import folder_paths
+    except ImportError:
+        return standalone_avatar_dir()
+    return os.path.join(folder_paths.get_output_directory(), AVATAR_SUBFOLDER)
+
+
+def avatar_path(name):
+    """The file of the avatar called `name` in `avatar_dir()`; ValueError for names that are not plain file names."""
+    return os.path.join(avatar_dir(), avatar_file_name(name))
 
 
 def current_runtime():
@@ -142,3 +158,4 @@ class ComfyRuntime(Runtime):
 
     def check_interrupt(self):
         self._mm.throw_exception_if_processing_interrupted()
+
