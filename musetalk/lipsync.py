@@ -15,9 +15,6 @@ import torch
 from .blend import paste_faces
 from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents
 
-LATENT_KEYS = ("musetalk_source_index", "musetalk_fps")
-
-
 @dataclass
 class SourceLatents:
     """VAE latents of the source frames that have a face: rows [F,8,32,32], and each source frame's row or None."""
