@@ -40,15 +40,22 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
         f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
     features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
 
-    frames = source.frames(0, source.count)
+    source_index = cycle_indices(source.count, features.frame_count, options.cycle)
+    if not len(source_index):
+        raise ValueError(f"{audio}: the speech is shorter than one frame at {source.fps:g} fps; nothing to generate")
+    # every cycle starts at frame 0, so the output uses a prefix of the source: frames past it (a long video under a
+    # short speech) need no detection, parsing or encoding
+    used = int(source_index.max()) + 1
+    frames = source.frames(0, used)
     boxes = parse_bboxes(options.bboxes, source.count, source.size)
     face = options.face
     faces, crops = detect_and_parse(models, frames, face.bbox_shift, face.extra_margin, face.parsing_mode,
-                                    face.left_cheek_width, face.right_cheek_width, boxes, face.face_select, face.smooth)
+                                    face.left_cheek_width, face.right_cheek_width, boxes and boxes[:used],
+                                    face.face_select, face.smooth)
     log(faces.bbox_shift_range)
     sources = SourceLatents.encode(models, faces, crops, options.batch_size)
-    source_index = cycle_indices(len(faces), features.frame_count, options.cycle)
-    log(f"generating {len(source_index)} frames ({sum(faces.has_face)} of {len(faces)} source frames have a face)")
+    log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
+        f"({sum(faces.has_face)} with a face)")
 
     if frames_dir:
         os.makedirs(frames_dir, exist_ok=True)

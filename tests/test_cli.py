@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import wave
 
 import numpy as np
 import torch
@@ -44,7 +45,6 @@ def test_cli_mp4_has_the_audio_length_rate_and_track(models_dir, tmp_path, monke
     clip.write(np.full((30, 96, 128, 3), 90, np.uint8))  # 1.2 s of video: the cycle covers the 2 s of speech
     clip.close()
     speech = (0.2 * np.sin(np.arange(int(rate * seconds)) / 5)).astype(np.float32)[None]
-    import wave
     with wave.open(str(tmp_path / "speech.wav"), "wb") as f:
         f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
         f.writeframes((speech[0] * 32767).astype("<i2").tobytes())
@@ -55,6 +55,27 @@ def test_cli_mp4_has_the_audio_length_rate_and_track(models_dir, tmp_path, monke
     assert result.fps == fps and result.count == int(seconds * fps) and result.size == (96, 128)
     audio, audio_rate = read_audio(str(tmp_path / "out.mp4"))
     assert audio_rate == rate and abs(audio.shape[1] / rate - seconds) < 0.1  # AAC adds its encoder delay
+
+
+def test_source_frames_past_the_speech_are_never_analysed(models_dir, tmp_path, monkeypatch):
+    """12 frames of video under 0.2 s of speech: only the 5 frames the output shows are detected and encoded."""
+    import musetalk.pipeline as pipeline
+
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    inputs = fixture_inputs()
+    _write_frames(tmp_path / "frames", inputs["frames_bgr"])
+    rate = 16000
+    with wave.open(str(tmp_path / "short.wav"), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
+        f.writeframes(inputs["audio_a16"][:int(0.2 * rate)].astype("<i2").tobytes())
+    (tmp_path / "boxes.json").write_text(json.dumps([b.tolist() if b[0] >= 0 else None for b in inputs["bboxes"]]))
+    analysed = []
+    real = pipeline.detect_and_parse
+    monkeypatch.setattr(pipeline, "detect_and_parse", lambda models, frames, *a: analysed.append(len(frames))
+                        or real(models, frames, *a))
+    assert cli.main(["lipsync", "--video", str(tmp_path / "frames"), "--audio", str(tmp_path / "short.wav"),
+                     "--out", str(tmp_path / "out.mp4"), "--bboxes", str(tmp_path / "boxes.json")]) == 0
+    assert analysed == [5] and open_frames(str(tmp_path / "out.mp4")).count == 5
 
 
 def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
