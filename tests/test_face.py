@@ -4,7 +4,6 @@ The detectors and the face parser are replaced by small stubs that return given 
 masks, so the box logic is tested exactly against the official outputs (e_boxlogic) without running networks.
 Frame i of a stubbed clip carries its index in pixel (0, 0), which the stubs use to look up their answers.
 """
-import importlib.util
 import sys
 import types
 
@@ -489,15 +488,10 @@ def test_node_face_index_and_bad_bboxes(node_class):
         node_class().detect(models, images, 0, 10, "jaw", 90, 90, bboxes="[null, null]")
 
 
-# ---------------------------------------------------------------- with the real networks (after the merge)
+# ---------------------------------------------------------------- with the real networks
 
-REAL_MODULES = ("musetalk.networks.s3fd", "musetalk.networks.rtmpose", "musetalk.masks")
-
-
-@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in REAL_MODULES),
-                    reason="the S3FD, RTMPose and masks modules are not in this tree yet")
 def test_real_networks_smoke(models_dir):
-    """Runs the real S3FD, DWPose and parser (random weights) when their modules are present in this tree."""
+    """The real S3FD, DWPose and parser (random weights) behind detect_and_parse."""
     from musetalk.models import ModelFiles, MuseTalkModels
 
     models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
@@ -507,3 +501,5 @@ def test_real_networks_smoke(models_dir):
     assert track.frame_masks().shape == (2, 384, 384)
     track, crops = detect_and_parse(models, frames, bboxes=[[133, 44, 195, 132], None])
     assert track.has_face == [True, False] and track.blend[0][0].dtype == np.uint8
+    # detection, landmarks and parsing ran: none of them brought in the OpenMMLab stack or onnxruntime
+    assert not [m for m in sys.modules if m.split(".")[0] in ("mmcv", "mmpose", "mmdet", "mmengine", "onnxruntime")]
