@@ -3,10 +3,10 @@
     python -m bench.experiments [--models DIR] [--batch 1] [--repeats 2] [--only threads,layout,...]
 
 threads       dense GEMM and UNet time with 1 and 2 intra-op threads
-layout        UNet and VAE decoder: default vs channels_last vs plain (math) attention: time and max |diff|
+layout        UNet, VAE encoder and decoder: default vs channels_last vs plain (math) attention: time and max |diff|
 time_embed    the t=0 time embedding precomputed: FLOPs it saves and whether the UNet output stays bit-identical
 bf16          UNet in bf16 vs fp32: time and error of the predicted latents
-bf16_vae      VAE decoder in bf16 vs fp32: time and error of the decoded uint8 (slow on CPUs without native bf16)
+bf16_vae      VAE decoder in bf16 vs fp32 on a 16x16 latent: time and error of the decoded uint8
 decode_rows   decode only the latent rows the blend mask can reach (plus a halo) vs a full decode
 
 The weights are random (official shapes). Timings are what they would be with the real weights; error figures only
@@ -102,23 +102,36 @@ def exp_threads(bench, repeats):
 
 
 def _compare_layouts(name, net, run, batch, repeats):
-    """Time `run(channels_last)` with SDPA, with math attention and channels-last; max |diff| against the first."""
+    """Time `run(channels_last)` as is, with math attention and channels-last; max |diff| against the first.
+
+    The variants take turns within each round (switching costs one weight copy at most), so a burst of other work
+    on a shared machine slows all of them rather than one.
+    """
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    def configure(attention, channels_last):
+        net.set_attn_processor(attention())
+        net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    variants = {"sdpa": (AttnProcessor2_0, False), "math attention": (AttnProcessor, False),
+                "channels_last": (AttnProcessor2_0, True)}
+    best, diff = {}, {}
     with torch.inference_mode():
         reference = run(False)
-        t_sdpa = best_time(lambda: run(False), repeats)
-        net.set_attn_processor(AttnProcessor())
-        t_math = best_time(lambda: run(False), repeats)
-        math_diff = (run(False) - reference).abs().max().item()
-        net.set_attn_processor(AttnProcessor2_0())
-        net.to(memory_format=torch.channels_last)
-        t_cl = best_time(lambda: run(True), repeats)
-        cl_diff = (run(True) - reference).abs().max().item()
-        net.to(memory_format=torch.contiguous_format)
-    print(f"  {name} batch {batch}: sdpa {t_sdpa / batch * 1e3:.0f} ms/frame | math attention "
-          f"{t_math / batch * 1e3:.0f} (max |diff| {math_diff:.2e}) | channels_last {t_cl / batch * 1e3:.0f} "
-          f"(max |diff| {cl_diff:.2e}); output |max| {reference.abs().max().item():.2f}", flush=True)
+        for round_ in range(repeats + 1):  # round 0 warms every variant up and measures its difference
+            for label, (attention, channels_last) in variants.items():
+                configure(attention, channels_last)
+                start = time.perf_counter()
+                out = run(channels_last)
+                seconds = time.perf_counter() - start
+                if round_ == 0:
+                    diff[label] = (out - reference).abs().max().item()
+                else:
+                    best[label] = min(best.get(label, seconds), seconds)
+        configure(AttnProcessor2_0, False)
+    cells = [f"{label} {best[label] / batch * 1e3:.0f} ms/frame (max |diff| {diff[label]:.1e})" for label in variants]
+    print(f"  {name} batch {batch}: " + " | ".join(cells) + f"; output |max| {reference.abs().max().item():.2f}",
+          flush=True)
 
 
 def exp_layout(bench, repeats):
@@ -126,6 +139,10 @@ def exp_layout(bench, repeats):
     unet = bench.unet()
     _compare_layouts("UNet", unet, lambda cl: bench.run_unet(unet, channels_last=cl), b, repeats)
     vae = bench.vae()
+    x = torch.rand(b, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    _compare_layouts("VAE encode", vae,
+                     lambda cl: vae.encode(x.contiguous(memory_format=torch.channels_last) if cl else x).latent_dist.mean,
+                     b, repeats)
     z = torch.randn(b, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     _compare_layouts("VAE decode", vae,
                      lambda cl: vae.decode(z.contiguous(memory_format=torch.channels_last) if cl else z).sample,
@@ -174,8 +191,9 @@ def exp_bf16(bench, repeats):
         pred32 = bench.run_unet(net)
         t32 = best_time(lambda: bench.run_unet(net), repeats)
         torch.nn.Module.to(net, torch.bfloat16)
+        start = time.perf_counter()  # one call: without native bf16 a call takes minutes, warm-up is noise
         pred16 = bench.run_unet(net, torch.bfloat16).float()
-        t16 = best_time(lambda: bench.run_unet(net, torch.bfloat16), repeats)
+        t16 = time.perf_counter() - start
         torch.nn.Module.to(net, torch.float32)
     err = (pred16 - pred32).abs()
     print(f"  UNet batch {b}: fp32 {t32 / b * 1e3:.0f} ms/frame, bf16 {t16 / b * 1e3:.0f} ms/frame; pred latents "
@@ -186,16 +204,19 @@ def exp_bf16(bench, repeats):
 def exp_bf16_vae(bench, repeats):
     b = bench.options.batch
     vae = bench.vae()
-    z = bench.face_latents() / LATENT_SCALE
+    # a 16x16 latent window (the lower-middle face, a 128x128 image): bf16 convolutions without native CPU support
+    # are so slow that a full 32x32 decode takes minutes; the per-pixel error is of the same kind
+    z = bench.face_latents()[:, :, 16:, 8:24] / LATENT_SCALE
     with torch.inference_mode():
         img32 = vae.decode(z).sample
         t32 = best_time(lambda: vae.decode(z).sample, repeats)
         torch.nn.Module.to(vae, torch.bfloat16)
+        start = time.perf_counter()
         img16 = vae.decode(z.to(torch.bfloat16)).sample.float()
-        t16 = best_time(lambda: vae.decode(z.to(torch.bfloat16)).sample, repeats)
+        t16 = time.perf_counter() - start
         torch.nn.Module.to(vae, torch.float32)
     unsaturated = ((img32 > -1) & (img32 < 1)).float().mean().item()
-    print(f"  VAE decode batch {b}: fp32 {t32 / b * 1e3:.0f} ms/frame, bf16 {t16 / b * 1e3:.0f} ms/frame; "
+    print(f"  VAE decode of a 16x16 latent, batch {b}: fp32 {t32 / b * 1e3:.0f} ms/frame, bf16 {t16 / b * 1e3:.0f} ms/frame; "
           f"decoded uint8 {u8_diff(to_u8(img16), to_u8(img32))} ({100 * unsaturated:.0f}% of fp32 values "
           f"unclipped)")
 
