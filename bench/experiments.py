@@ -24,7 +24,7 @@ from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding
 from musetalk.runtime import StandaloneRuntime
 
 from .bench_networks import DEFAULT_MODELS, REPO, ensure_models
-from .measure import count_flops, gemm_rate, load_average, threads
+from .measure import count_flops, gemm_rate, load_average, threads, timed
 
 EXPERIMENTS = ("threads", "layout", "time_embed", "bf16", "bf16_vae", "decode_rows")
 #: latent row from which the blend masks can be non-zero: the mask is cut above the face's centre line (pixel row 128
@@ -33,12 +33,8 @@ MASK_FIRST_LATENT_ROW = 12
 
 
 def best_time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Best wall seconds of `repeats` calls (see `measure.timed` for the CPU-time figure of the layout runs)."""
+    return min(timed(fn)[0] for _ in range(repeats))
 
 
 def to_u8(decoded):
@@ -115,21 +111,21 @@ def _compare_layouts(name, net, run, batch, repeats):
 
     variants = {"sdpa": (AttnProcessor2_0, False), "math attention": (AttnProcessor, False),
                 "channels_last": (AttnProcessor2_0, True)}
-    best, diff = {}, {}
+    best, cpu, diff = {}, {}, {}
     with torch.inference_mode():
         reference = run(False)
         for round_ in range(repeats + 1):  # round 0 warms every variant up and measures its difference
             for label, (attention, channels_last) in variants.items():
                 configure(attention, channels_last)
-                start = time.perf_counter()
-                out = run(channels_last)
-                seconds = time.perf_counter() - start
                 if round_ == 0:
-                    diff[label] = (out - reference).abs().max().item()
+                    diff[label] = (run(channels_last) - reference).abs().max().item()
                 else:
+                    seconds, cpu_seconds = timed(lambda: run(channels_last))
                     best[label] = min(best.get(label, seconds), seconds)
+                    cpu[label] = min(cpu.get(label, cpu_seconds), cpu_seconds)
         configure(AttnProcessor2_0, False)
-    cells = [f"{label} {best[label] / batch * 1e3:.0f} ms/frame (max |diff| {diff[label]:.1e})" for label in variants]
+    cells = [f"{label} {best[label] / batch * 1e3:.0f} ms/frame, CPU {cpu[label] / batch * 1e3:.0f} ms/frame "
+             f"(max |diff| {diff[label]:.1e})" for label in variants]
     print(f"  {name} batch {batch}: " + " | ".join(cells) + f"; output |max| {reference.abs().max().item():.2f}",
           flush=True)
 

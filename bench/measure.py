@@ -3,7 +3,10 @@
 A stage's FLOPs are counted once, on one call under `torch.utils.flop_counter.FlopCounterMode` (which counts matrix
 products, convolutions and attention: the arithmetic that matters), then the stage is timed without the counter,
 whose Python hooks would slow it down. Times are the best of the repeats: on a shared machine the best run is the
-one least disturbed by other work, and it is what the hardware can do; the median is kept for the record.
+one least disturbed by other work, and it is what the hardware can do; the median is kept for the record. The
+process CPU time of each call is kept too: when other processes compete for the cores, wall time grows with their
+load while CPU time mostly does not (it still grows a little: OpenMP threads spin while they wait for a core), so it
+is the steadier figure for comparing variants on a busy machine.
 
 Peak host memory: `ru_maxrss` is a process-wide high-water mark that never goes down, so on Linux the peak is reset
 before each stage through /proc/self/clear_refs ("5" resets VmHWM) and read back from /proc/self/status. Where that
@@ -101,6 +104,7 @@ class Stage:
     name: str
     frames: int
     seconds: list = field(default_factory=list)
+    cpu_seconds: list = field(default_factory=list)
     flops: float = 0.0
     rss_before: int = None
     rss_peak: int = None
@@ -116,6 +120,10 @@ class Stage:
         return statistics.median(self.seconds)
 
     @property
+    def cpu_ms_per_frame(self):
+        return min(self.cpu_seconds) / self.frames * 1e3
+
+    @property
     def ms_per_frame(self):
         return self.best / self.frames * 1e3
 
@@ -126,6 +134,15 @@ class Stage:
     @property
     def gflops(self):
         return self.flops / self.best / 1e9
+
+
+def timed(fn, device="cpu"):
+    """(wall seconds, process CPU seconds) of one call of `fn()`, synchronised on `device`."""
+    synchronize(device)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def measure(name, fn, frames, device="cpu", repeats=3, count=True):
@@ -145,11 +162,9 @@ def measure(name, fn, frames, device="cpu", repeats=3, count=True):
     else:
         fn()
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        stage.seconds.append(time.perf_counter() - start)
+        seconds, cpu = timed(fn, device)
+        stage.seconds.append(seconds)
+        stage.cpu_seconds.append(cpu)
     stage.rss_peak = peak_rss()
     if device.type == "cuda":
         stage.cuda_peak = torch.cuda.max_memory_allocated(device)
@@ -176,8 +191,8 @@ def load_average():
 
 
 def format_table(stages, gemm_gflops, title=None):
-    """A plain-text table: stage | ms/frame (best) | median | GFLOP/frame | GFLOP/s | % of GEMM | memory."""
-    header = ["stage", "ms/frame", "median", "GFLOP/frame", "GFLOP/s", "% GEMM", "peak RSS GiB (+stage)", "CUDA GiB"]
+    """A plain-text table: stage | ms/frame (best) | median | CPU ms | GFLOP/frame | GFLOP/s | % of GEMM | memory."""
+    header = ["stage", "ms/frame", "median", "CPU ms/frame", "GFLOP/frame", "GFLOP/s", "% GEMM", "peak RSS GiB (+stage)", "CUDA GiB"]
     rows = []
     for s in stages:
         rss = "-"
@@ -192,6 +207,7 @@ def format_table(stages, gemm_gflops, title=None):
             s.name,
             f"{s.ms_per_frame:.1f}",
             f"{s.median / s.frames * 1e3:.1f}",
+            f"{s.cpu_ms_per_frame:.1f}",
             f"{s.gflop_per_frame:.1f}" if counted else "-",
             f"{s.gflops:.1f}" if counted else "-",
             f"{100 * s.gflops / gemm_gflops:.0f}%" if counted and gemm_gflops else "-",
