@@ -1,5 +1,6 @@
 """AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
 from ..musetalk.audio import MAX_FPS, extract_features
+from . import sockets
 
 
 class AudioToWhisperFeatures:
@@ -13,7 +14,7 @@ class AudioToWhisperFeatures:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MUSETALK_MODEL",),
+            "model": sockets.MODEL,
             "audio": ("AUDIO",),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001,
                               "tooltip": "Frame rate of the video to lip-sync: wire it from GetVideoComponents' fps. "

@@ -8,7 +8,7 @@ import os
 
 from ..musetalk.audio import MAX_FPS
 from ..musetalk.avatar import SUFFIX, list_avatars, load_avatar, prepare_avatar, save_avatar
-from . import comfy_runtime
+from . import comfy_runtime, sockets
 from .images import to_image, to_uint8
 
 log = logging.getLogger("musetalk")
@@ -27,10 +27,10 @@ class MuseTalkSaveAvatar:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MUSETALK_MODEL",),
-            "faces": ("MUSETALK_FACES",),
-            "crops": ("IMAGE", {"tooltip": "The crops output of the same FaceDetectAndParse node."}),
-            "images": ("IMAGE", {"tooltip": "The frames that went into FaceDetectAndParse."}),
+            "model": sockets.MODEL,
+            "faces": sockets.FACES,
+            "crops": sockets.CROPS,
+            "images": sockets.SOURCE_FRAMES,
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001,
                               "tooltip": "The video's frame rate (from GetVideoComponents)."}),
             "name": ("STRING", {"default": "avatar", "tooltip": "File name of the avatar (no folders); an avatar "

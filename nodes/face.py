@@ -2,6 +2,7 @@
 
 from ..musetalk.face import detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes
+from . import sockets
 from .images import to_image, to_uint8
 
 BBOX_SHIFT_TIP = ("Moves the top of the face box (px). The box top is the nose bridge mirrored across the "
@@ -35,7 +36,7 @@ class FaceDetectAndParse:
 
         return {
             "required": {
-                "model": ("MUSETALK_MODEL",),
+                "model": sockets.MODEL,
                 "images": ("IMAGE", {"tooltip": "The video frames; RGBA alpha is ignored."}),
                 "bbox_shift": ("INT", {"default": 0, "min": -100, "max": 100, "step": 1, "tooltip": BBOX_SHIFT_TIP}),
                 "extra_margin": ("INT", {"default": 10, "min": 0, "max": 40, "step": 1,

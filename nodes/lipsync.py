@@ -5,6 +5,7 @@ import torch
 from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
 from ..musetalk.lipsync import SourceLatents, generate_latents, latent_output, render_frames
 from ..musetalk.video import fit_audio
+from . import sockets
 from .images import to_image, to_uint8
 
 BATCH_TIP = "Frames per network call. Larger is faster on a GPU with memory to spare; results do not change."
@@ -21,9 +22,9 @@ class LatentLipInpaint:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MUSETALK_MODEL",),
-            "faces": ("MUSETALK_FACES",),
-            "crops": ("IMAGE", {"tooltip": "The crops output of the same FaceDetectAndParse node."}),
+            "model": sockets.MODEL,
+            "faces": sockets.FACES,
+            "crops": sockets.CROPS,
             "features": ("MUSETALK_WHISPER_FEATURES",),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
             "cycle": (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
@@ -50,10 +51,10 @@ class BlendAndDecode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MUSETALK_MODEL",),
+            "model": sockets.MODEL,
             "latent": ("LATENT", {"tooltip": "From LatentLipInpaint."}),
-            "faces": ("MUSETALK_FACES",),
-            "images": ("IMAGE", {"tooltip": "The same frames that went into FaceDetectAndParse."}),
+            "faces": sockets.FACES,
+            "images": sockets.SOURCE_FRAMES,
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
         }, "optional": {
             "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
