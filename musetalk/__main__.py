@@ -123,7 +123,7 @@ COMMANDS = (_add_lipsync, _add_download, _add_check)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m musetalk", description="MuseTalk weights and tools.")
+    parser = argparse.ArgumentParser(prog="python -m musetalk", description="MuseTalk lip sync, and its weights.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(commands)
