@@ -13,10 +13,6 @@ log = logging.getLogger("musetalk")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _EXPLICIT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Roles decide the dtype: the face detectors and the parser stay fp32 because their outputs are thresholded and
-# argmax-ed into integer boxes and masks, where half precision flips results while saving almost nothing.
-ROLES = ("unet", "vae", "audio", "face")
-
 
 class ManagedModel:
     """A network plus where and in which dtype it runs. Call `runtime.load(model)` before using `module`."""
@@ -56,6 +52,10 @@ class Runtime:
     storage_device = torch.device("cpu")
 
     def compute_dtype(self, role, precision):
+        """The dtype a network of `role` ("unet", "vae", "audio" or "face") runs in for `precision`.
+
+        "face" networks (detector, landmarks, parser) always get fp32: their outputs are thresholded and argmax-ed
+        into integer boxes and masks, where half precision flips results while saving almost nothing."""
         raise NotImplementedError
 
     def manage(self, module, role, precision="auto"):
