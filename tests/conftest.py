@@ -47,3 +47,10 @@ def load_pack(path=REPO, name="ComfyUI_MuseTalk_under_test"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def fresh_pack(name):
+    """Generator for a module-scoped fixture: the pack imported under its own `name`, removed again afterwards."""
+    yield load_pack(REPO, name)
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]

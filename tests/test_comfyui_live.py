@@ -6,12 +6,11 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from comfyui_live import PACK_FOLDER, REPO, ComfyError, server_from_env
-from conftest import load_pack
+from conftest import fresh_pack
 
 pytestmark = pytest.mark.skipif(not (os.environ.get("COMFYUI_DIR") and os.environ.get("COMFYUI_PYTHON")),
                                 reason="set COMFYUI_DIR and COMFYUI_PYTHON to run against a real ComfyUI")
@@ -32,10 +31,7 @@ def server(models_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pack():
-    name = "ComfyUI_MuseTalk_live_test"
-    yield load_pack(REPO, name)
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[module]
+    yield from fresh_pack("ComfyUI_MuseTalk_live_test")
 
 
 def loader_prompt(**inputs):

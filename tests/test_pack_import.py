@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TESTS, load_pack
+from conftest import REPO, TESTS, fresh_pack
 
 # node ids agreed in the design; every other id must carry the pack's prefix (core ids win over a pack's, contract §1)
 DESIGN_CARD_IDS = {"LoadMuseTalkModels", "AudioToWhisperFeatures", "FaceDetectAndParse", "LatentLipInpaint",
@@ -92,10 +92,7 @@ def test_import_registers_the_musetalk_model_folder(probe):
 
 @pytest.fixture(scope="module")
 def pack():
-    name = "ComfyUI_MuseTalk_import_test"
-    yield load_pack(REPO, name)
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[module]
+    yield from fresh_pack("ComfyUI_MuseTalk_import_test")
 
 
 def test_node_ids_and_display_names(pack):
