@@ -72,10 +72,12 @@ def _box(box, what, index):
 def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
     """Paste each generated face into its frame through its blend mask, as the official `get_image(_blending)`.
 
-    frames: uint8 [B,H,W,3]; faces: uint8 [B,h,w,3] (the 256x256 generated crops), on the frames' device or movable
-    there; face_boxes: B boxes (x1, y1, x2, y2) or None (that frame is returned unchanged); masks: B uint8 [2s,2s]
-    arrays or tensors from `masks.blend_mask`; crop_boxes: the B matching crop boxes. Returns new uint8 [B,H,W,3].
+    frames: uint8 [B,H,W,3]; faces: uint8 [B,h,w,3] (the 256x256 generated crops); face_boxes: B boxes
+    (x1, y1, x2, y2) or None (that frame is returned unchanged); masks: B uint8 [2s,2s] arrays or tensors from
+    `masks.blend_mask`; crop_boxes: the B matching crop boxes. Returns new uint8 [B,H,W,3] where `frames` are.
 
+    The blending runs where `faces` are: only each frame's crop-box region travels there and back, so with frames in
+    host memory and faces on a GPU a 1080p frame moves ~0.5 MB each way instead of 6 MB.
     Per frame: the face is resized to its box (`resize_linear_u8`) and written over the frame's own pixels inside
     the crop box; then, where the crop box overlaps the frame, out = DIV255(frame*(255-m) + composed*m) per channel.
     """
@@ -88,7 +90,7 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
         raise ValueError(f"paste_faces needs one face, face box, mask and crop box per frame: {count} frames, "
                          f"{len(faces)} faces, {len(face_boxes)} boxes, {len(masks)} masks, "
                          f"{len(crop_boxes)} crop boxes")
-    device = frames.device
+    device = faces.device
     out = frames.clone()
     height, width = frames.shape[1:3]
     for i in range(count):
@@ -105,13 +107,13 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
         vx1, vy1, vx2, vy2 = max(cx1, 0), max(cy1, 0), min(cx2, width), min(cy2, height)
         if vx1 >= vx2 or vy1 >= vy2:
             continue
-        body = frames[i, vy1:vy2, vx1:vx2]
+        body = frames[i, vy1:vy2, vx1:vx2].to(device)
         composed = body.clone()
-        face = resize_linear_u8(faces[i:i + 1].to(device), fy2 - fy1, fx2 - fx1)[0]
+        face = resize_linear_u8(faces[i:i + 1], fy2 - fy1, fx2 - fx1)[0]
         px1, py1, px2, py2 = max(fx1, vx1), max(fy1, vy1), min(fx2, vx2), min(fy2, vy2)
         if px1 < px2 and py1 < py2:
             composed[py1 - vy1:py2 - vy1, px1 - vx1:px2 - vx1] = face[py1 - fy1:py2 - fy1, px1 - fx1:px2 - fx1]
         m = mask[vy1 - cy1:vy2 - cy1, vx1 - cx1:vx2 - cx1].to(device=device, dtype=torch.int32)[..., None]
         blended = body.to(torch.int32) * (255 - m) + composed.to(torch.int32) * m
-        out[i, vy1:vy2, vx1:vx2] = _div255(blended).to(torch.uint8)
+        out[i, vy1:vy2, vx1:vx2] = _div255(blended).to(torch.uint8).to(out.device)
     return out

@@ -104,8 +104,9 @@ def generate_latents(models, sources, tokens, source_index, batch_size=8):
 def render_frames(models, faces, samples, source_index, read_frames, batch_size=8):
     """Yield uint8 RGB frame batches [B,H,W,3] (CPU) of the lip-synced video, in output order.
 
-    read_frames(indices) returns the uint8 RGB source frames with those indices (numpy or torch).
-    Decoding and pasting run on the runtime's device; only finished frames go back to the CPU.
+    read_frames(indices) returns the uint8 RGB source frames with those indices (numpy or torch), as a new array:
+    the pasted frames are written into it. Decoding and blending run on the runtime's device, but the frames stay
+    in host memory: only the generated faces and the crop-box regions they are blended into travel (`paste_faces`).
     """
     runtime, vae = models.runtime, models.vae()
     runtime.load(vae)
@@ -113,16 +114,16 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
     for start in range(0, len(source_index), batch_size):
         runtime.check_interrupt()
         sources = source_index[start:start + batch_size].tolist()
-        frames = torch.as_tensor(read_frames(sources)).to(runtime.device)
+        frames = torch.as_tensor(read_frames(sources)).cpu()
         active = [i for i, s in enumerate(sources) if faces.paste_boxes[s] is not None]
         if active:
-            generated = decode_batch(vae, samples[start:start + batch_size][active]).to(runtime.device)
+            generated = decode_batch(vae, samples[start:start + batch_size][active])
             pasted = paste_faces(frames[active], generated, [faces.paste_boxes[sources[i]] for i in active],
                                  [faces.blend[sources[i]][0] for i in active],
                                  [faces.blend[sources[i]][1] for i in active])
             frames[active] = pasted
         progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
-        yield frames.cpu()
+        yield frames
 
 
 def latent_output(samples, source_index, fps):
