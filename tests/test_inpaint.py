@@ -14,6 +14,7 @@ from conftest import fixture
 
 from musetalk import inpaint
 from musetalk.models import ModelFiles, MuseTalkModels
+from musetalk.networks import winograd
 from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding
 from musetalk.runtime import StandaloneRuntime
 from musetalk.weights import WeightsError
@@ -268,3 +269,57 @@ def test_vae_file_given_as_unet(unet_root, models_dir):
     with pytest.raises(WeightsError, match="does not match the network") as error:
         models_for("v1.5", unet_root).unet()
     assert_explained(error, path)
+
+
+
+# --- Winograd convolutions ---------------------------------------------------------------------------------------
+
+def test_winograd_vae_stays_within_the_official_tolerance(case, models_dir):
+    """The full-size VAE runs its 512-channel layers by F(4x4, 3x3); the small test VAE has none that wide, so here
+    every 3x3 layer is switched, a harder test of the same rounding against the official outputs."""
+    official, arrays, rgb = case
+    models = models_for(official.version, models_dir)
+    assert winograd.use_winograd(models.vae().module, min_channels=1) > 20
+    latents = inpaint.encode_sources(models, rgb)
+    torch.testing.assert_close(latents, torch.from_numpy(arrays["latents"]), **TOLERANCE)
+    faces = _decode(models, torch.from_numpy(arrays["pred_latents"]), 4)
+    assert_faces_close(faces.numpy(), arrays["recon_bgr"][..., ::-1])
+
+
+def test_the_loaded_vae_switches_only_wide_convolutions(case):
+    switched = [m for m in case[0].vae().module.modules() if isinstance(m, winograd.WinogradConv2d)]
+    assert switched == []  # the small VAE is at most 64 channels wide
+    vae = torch.nn.Sequential(torch.nn.Conv2d(512, 512, 3, padding=1), torch.nn.Conv2d(512, 512, 3, stride=2),
+                              torch.nn.Conv2d(512, 256, 3, padding=1), torch.nn.Conv2d(512, 512, 1))
+    keys = list(vae.state_dict())
+    assert winograd.use_winograd(vae) == 1 and type(vae[0]) is winograd.WinogradConv2d
+    assert list(vae.state_dict()) == keys
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12, 16, 16), (3, 5, 7, 13, 9), (1, 4, 4, 1, 1)])
+def test_winograd_convolution_equals_the_direct_one(shape, monkeypatch):
+    n, channels, out_channels, height, width = shape
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one image per chunk, so the chunk loop runs
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, channels, height, width, generator=generator)
+    weight = torch.randn(out_channels, channels, 3, 3, generator=generator) / (9 * channels) ** 0.5
+    bias = torch.randn(out_channels, generator=generator)
+    exact = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    for b in (bias, None):
+        got = winograd.winograd_conv3x3(x, weight, b)
+        want = exact if b is not None else exact - bias.double().view(1, -1, 1, 1)
+        assert got.shape == want.shape and got.is_contiguous()
+        # a float32 direct convolution is ~1e-5 off here; F(4x4, 3x3) rounds a few times more
+        torch.testing.assert_close(got.double(), want, atol=5e-5, rtol=0)
+
+
+def test_winograd_layers_fall_back_where_they_do_not_apply():
+    layer = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1))
+    assert winograd.use_winograd(layer, min_channels=1) == 1
+    conv, x = layer[0], torch.randn(1, 4, 8, 8)
+    direct = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert torch.equal(layer(x), direct)  # autograd on: the ordinary convolution
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), direct, atol=1e-5, rtol=0)
+        layer.double()
+        assert torch.equal(layer(x.double()), torch.nn.functional.conv2d(x.double(), conv.weight, conv.bias, padding=1))

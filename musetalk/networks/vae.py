@@ -12,6 +12,7 @@ import re
 import torch
 
 from ..weights import WeightsError, load_strict, read_json, read_state_dict
+from .winograd import use_winograd
 
 # sd-vae-ft-mse's config; a single-file checkpoint carries none, so its widths are read from the weights instead
 SD_VAE_CONFIG = {
@@ -43,7 +44,9 @@ def load_vae(path, expected, fix):
                                expected, "use the SD 1.x vae-ft-mse-840000-ema-pruned file, or the sd-vae folder")
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(config)
-    return load_strict(vae, state, weights, expected, fix, assign=True)
+    vae = load_strict(vae, state, weights, expected, fix, assign=True)
+    use_winograd(vae)
+    return vae
 
 
 def _config_from_shapes(state):
