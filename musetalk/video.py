@@ -12,6 +12,7 @@ from fractions import Fraction
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SKIP_SECONDS = 2.0
 
 
 class MediaError(ValueError):
@@ -49,7 +50,9 @@ class ImageFrames(FrameSource):
 
 
 class VideoFrames(FrameSource):
-    """Decodes on demand. Reading forwards streams; a jump backwards seeks to the previous keyframe."""
+    """Decodes on demand. Reading forwards streams, also across a gap of up to SKIP_SECONDS (decoding through it
+    costs less than seeking back to a keyframe, which may lie seconds earlier); other jumps seek to the keyframe
+    before the target."""
 
     def __init__(self, path):
         import av
@@ -72,7 +75,7 @@ class VideoFrames(FrameSource):
             self.count = sum(1 for _ in self._iterate_from(0))
 
     def _iterate_from(self, index):
-        """Yield (frame_index, rgb) starting at `index`, seeking to the keyframe before it."""
+        """Yield (frame_index, decoded frame) starting at `index`, seeking to the keyframe before it."""
         stream = self._stream
         target = int(index / self.fps / stream.time_base) if index else 0
         self._container.seek(target + (stream.start_time or 0), stream=stream, backward=True, any_frame=False)
@@ -81,14 +84,17 @@ class VideoFrames(FrameSource):
             position = int(round(float((frame.pts - (stream.start_time or 0)) * stream.time_base) * self.fps))
             first = position if first is None else first + 1  # count decoded frames; pts can be irregular
             if first >= index:
-                yield first, frame.to_ndarray(format="rgb24")
+                yield first, frame
 
     def frames(self, start, stop):
-        if self._next_index != start:
+        ahead = None if self._next_index is None else start - self._next_index
+        if ahead is None or not 0 <= ahead <= SKIP_SECONDS * self.fps:
             self._decoder = self._iterate_from(start)
         out = []
-        for index, rgb in self._decoder:
-            out.append(rgb)
+        for index, frame in self._decoder:
+            if index < start:
+                continue
+            out.append(frame.to_ndarray(format="rgb24"))
             if index + 1 >= stop:
                 break
         self._next_index = stop

@@ -214,3 +214,16 @@ def test_background_writer_abort_does_not_wait_for_queued_frames():
     assert time.monotonic() - started < 0.5 and len(inner.batches) < 4 and not inner.closed
     assert not [t for t in threading.enumerate() if t.name == "musetalk-video-writer"]
     writer.abort()  # twice, or after close: nothing left to do
+
+
+def test_video_reads_across_gaps_and_back_give_the_decoded_frames(tmp_path):
+    frames = np.zeros((80, 48, 64, 3), np.uint8)
+    frames[:] = (np.arange(80) * 3)[:, None, None, None]
+    writer = VideoWriter(str(tmp_path / "ramp.mp4"), 25, (48, 64))
+    writer.write(frames)
+    writer.close()
+    whole = open_frames(str(tmp_path / "ramp.mp4")).frames(0, 80)
+    source = open_frames(str(tmp_path / "ramp.mp4"))
+    # gaps within SKIP_SECONDS decode through, the 70 -> 5 jump seeks back, 5 -> 75 (past 2 s) seeks forward
+    for start, stop in ((0, 3), (10, 13), (40, 44), (70, 72), (5, 8), (75, 80)):
+        assert np.array_equal(source.frames(start, stop), whole[start:stop]), (start, stop)
