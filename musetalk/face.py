@@ -6,6 +6,7 @@ is the MUSETALK_FACES object that the inference and paste-back stages read; fram
 so every output frame keeps its source frame (the official code dropped them and misaligned the rest, spec §7 Q3).
 """
 import logging
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,8 +16,8 @@ from .face_boxes import (CROP_SIZE, LandmarkBox, bbox_shift_range_text, check_bb
                          landmark_box, network_crop, parse_bboxes, parse_face_select, paste_box, pick_detection,
                          smooth_boxes)
 
-__all__ = ["FaceSettings", "FaceTrack", "detect_and_parse", "as_rgb_uint8", "landmark_box", "bbox_shift_range_text",
-           "paste_box", "network_crop", "parse_bboxes", "smooth_boxes", "CROP_SIZE"]
+__all__ = ["FaceSettings", "FaceTrack", "BlendMasks", "FrameReader", "detect_and_parse", "as_rgb_uint8",
+           "landmark_box", "bbox_shift_range_text", "paste_box", "network_crop", "parse_bboxes", "smooth_boxes", "CROP_SIZE"]
 
 log = logging.getLogger("musetalk")
 
@@ -46,6 +47,69 @@ class FaceSettings:
     boxes_given: bool = False
 
 
+class BlendMasks:
+    """The blend masks of a clip, one (mask uint8 [2s,2s], crop_box) or None per frame, kept zlib-compressed.
+
+    A mask is mostly 0 with a 255 face region and a blurred edge: zlib (level 1) shrinks it about 20 times (a 1080p
+    face's ~500 KB mask to ~20 KB) and unpacks it in under a millisecond, which is nothing beside the VAE decode of
+    the frame it is pasted on. Reading an entry gives a fresh array, so the stored masks cannot be changed.
+    """
+
+    def __init__(self, entries=()):
+        self._packed = []
+        self.extend(entries)
+
+    def extend(self, entries):
+        for entry in entries:
+            self._packed.append(None if entry is None else _pack_mask(*entry))
+
+    def __len__(self):
+        return len(self._packed)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [_unpack_mask(entry) for entry in self._packed[index]]
+        return _unpack_mask(self._packed[index])
+
+    def __iter__(self):
+        return (_unpack_mask(entry) for entry in self._packed)
+
+    def __eq__(self, other):
+        return isinstance(other, BlendMasks) and self._packed == other._packed
+
+    @property
+    def nbytes(self):
+        """Bytes the compressed masks take."""
+        return sum(len(entry[0]) for entry in self._packed if entry is not None)
+
+
+def _pack_mask(mask, crop_box):
+    mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"a blend mask must be uint8 [h,w] (0..255), got {mask.dtype} {mask.shape}")
+    return zlib.compress(np.ascontiguousarray(mask), 1), mask.shape, crop_box
+
+
+def _unpack_mask(entry):
+    if entry is None:
+        return None
+    data, shape, crop_box = entry
+    return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape).copy(), crop_box
+
+
+@dataclass
+class FrameReader:
+    """Frames read in runs when they are needed instead of held: `read(start, stop)` gives frames start..stop-1 as
+    uint8 [stop-start,H,W,C] (anything `as_rgb_uint8` takes), `count` frames of `size` (height, width) in all."""
+
+    read: object
+    count: int
+    size: tuple
+
+    def __len__(self):
+        return self.count
+
+
 @dataclass
 class FaceTrack:
     """Per-frame face data of one clip (the MUSETALK_FACES type); index i belongs to frame i.
@@ -54,7 +118,7 @@ class FaceTrack:
     paste_boxes: the region cropped for the network and replaced by the generated face (v1.5 adds extra_margin
         below the chin), None = no face: the frame passes through unchanged.
     blend: (mask uint8 [2s,2s], crop_box (x0,y0,x1,y1)) per face frame from the face parser, None otherwise; masks
-        stay crop-sized, `frame_masks` renders them at frame size.
+        stay crop-sized, `frame_masks` renders them at frame size. Given as a list, kept as `BlendMasks`.
     memo: what later stages derive from this track alone and keep with it, so that it lives exactly as long as the
         track (`SourceLatents.encode` keeps the VAE latents of the crops here). Never saved, never compared.
     """
@@ -63,10 +127,14 @@ class FaceTrack:
     version: str
     face_boxes: list
     paste_boxes: list
-    blend: list = field(repr=False)
+    blend: BlendMasks = field(repr=False)
     settings: FaceSettings
     bbox_shift_range: str
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.blend, BlendMasks):
+            self.blend = BlendMasks(self.blend)
 
     def __len__(self):
         return len(self.paste_boxes)
@@ -94,11 +162,13 @@ class FaceTrack:
 
 
 def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek_width=90,
-                     right_cheek_width=90, bboxes=None, face_select="first", smooth=0.0):
+                     right_cheek_width=90, bboxes=None, face_select="first", smooth=0.0, crops_to=None):
     """Find the face in every frame, crop the network inputs and build the blend masks.
 
     models: a MuseTalkModels (uses .version, .runtime, .face_detector(), .dwpose(), .face_parser()).
     frames: uint8 RGB [N,H,W,3] (numpy or torch); RGBA drops alpha, [N,H,W] / [N,H,W,1] grayscale is replicated.
+        Or a `FrameReader`: the frames are then read a detector batch at a time, twice (detection, then crops and
+        masks; once when `bboxes` are given), and never held all at once.
     bbox_shift: px added to the nose-bridge point before the box top is mirrored from it (v1.0 semantics). The
         official v1.5 scripts force 0 while its Gradio app passes the user's value; here it is always applied.
     extra_margin: v1.5 only, px added below the chin.
@@ -108,10 +178,14 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
         'left-most', 'right-most', 'index:N' or int N (N-th face from the left); the non-default choices run
         DWPose inside the chosen face's box widened POSE_BOX_EXPAND times.
     smooth: sigma in frames of a centred Gaussian over the boxes of consecutive face frames; 0 = official boxes.
-    Returns (FaceTrack, crops uint8 [N,256,256,3] RGB; black where a frame has no face).
+    crops_to: None, or a function (frame indices, crops uint8 [n,256,256,3]) called with the crops of the frames
+        that have a face, a batch at a time in frame order, instead of collecting every crop.
+    Returns (FaceTrack, crops uint8 [N,256,256,3] RGB, black where a frame has no face; None with `crops_to`).
     """
-    frames = as_rgb_uint8(frames)
-    n_frames, height, width = frames.shape[:3]
+    if not isinstance(frames, FrameReader):
+        array = as_rgb_uint8(frames)
+        frames = FrameReader(lambda start, stop: array[start:stop], len(array), array.shape[1:3])
+    n_frames, (height, width) = frames.count, tuple(frames.size)
     version, runtime = models.version, models.runtime
     kind, index = parse_face_select(face_select)
     margin = extra_margin if version != "v1.0" else 0
@@ -128,15 +202,20 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
 
     face_boxes = smooth_boxes(face_boxes, smooth)
     paste_boxes = [paste_box(box, version, margin, height) for box in face_boxes]
-    outside = [i for i, box in enumerate(paste_boxes) if box is not None and crop_is_empty(frames.shape[1:], box)]
+    outside = [i for i, box in enumerate(paste_boxes) if box is not None and crop_is_empty((height, width), box)]
     if outside:
         log.warning("MuseTalk: the face box of frame(s) %s lies outside the image; those frames pass through "
                     "unchanged", _frame_list(outside))
         for i in outside:
             paste_boxes[i] = None
 
-    crops = np.zeros((n_frames, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
-    blend = [None] * n_frames
+    crops = None
+    if crops_to is None:
+        crops = np.zeros((n_frames, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+
+        def crops_to(indices, face_crops):
+            crops[indices] = face_crops
+    blend = BlendMasks()
     parser = None
     if any(box is not None for box in paste_boxes):
         from .masks import blend_masks
@@ -148,12 +227,16 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
         runtime.check_interrupt()
         stop = min(start + batch, n_frames)
         faces = [i for i in range(start, stop) if paste_boxes[i] is not None]
-        for i in faces:
-            crops[i] = network_crop(frames[i], paste_boxes[i])
-        if faces:
-            blend[start:stop] = blend_masks(parser, runtime, frames[start:stop], paste_boxes[start:stop],
-                                            parsing_mode, left_cheek_width, right_cheek_width)
-        progress.update(1, preview=crops[faces[-1]] if faces else None)
+        if not faces:  # nothing to crop: such frames are not even read
+            blend.extend([None] * (stop - start))
+            progress.update(1)
+            continue
+        chunk = read_frames(frames, start, stop)
+        face_crops = np.stack([network_crop(chunk[i - start], paste_boxes[i]) for i in faces])
+        crops_to(faces, face_crops)
+        blend.extend(blend_masks(parser, runtime, chunk, paste_boxes[start:stop], parsing_mode, left_cheek_width,
+                                 right_cheek_width))
+        progress.update(1, preview=face_crops[-1])
 
     applied_shift = 0 if bboxes is not None else int(bbox_shift)
     settings = FaceSettings(applied_shift, int(margin), parsing_mode, int(left_cheek_width),
@@ -162,9 +245,19 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
     return track, crops
 
 
+def read_frames(frames, start, stop):
+    """Frames start..stop-1 of a FrameReader as contiguous uint8 RGB [n,H,W,3], checked against its count and size."""
+    chunk = as_rgb_uint8(frames.read(start, stop))
+    if chunk.shape[:3] != (stop - start, *frames.size):
+        raise ValueError(f"reading frames {start}..{stop - 1} gave shape {tuple(chunk.shape)}, "
+                         f"[{stop - start},{frames.size[0]},{frames.size[1]},3] expected: all frames of a clip "
+                         "must have the same size")
+    return chunk
+
+
 def _detect_boxes(models, frames, bbox_shift, kind, index, batch, progress):
-    """S3FD + DWPose + the official box logic for every frame -> (boxes or None per frame, range text)."""
-    n_frames, height, width = frames.shape[:3]
+    """S3FD + DWPose + the official box logic for every frame of a FrameReader -> (boxes or None, range text)."""
+    n_frames, (height, width) = frames.count, tuple(frames.size)
     if min(height, width) < MIN_FRAME_SIDE:
         log.warning("MuseTalk: frames of %dx%d are too small to hold a usable face (min side %d px)",
                     width, height, MIN_FRAME_SIDE)
@@ -176,7 +269,7 @@ def _detect_boxes(models, frames, bbox_shift, kind, index, batch, progress):
     results = []
     for start in range(0, n_frames, batch):
         runtime.check_interrupt()
-        chunk = frames[start:start + batch]
+        chunk = read_frames(frames, start, min(start + batch, n_frames))
         detections = s3fd.detect_faces(detector, runtime, chunk)
         picks = [pick_detection(dets, kind, index) for dets in detections]
         # the official pick (clip at 0, int) applied to the chosen row, so 'first' is exactly the official box

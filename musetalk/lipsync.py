@@ -67,6 +67,41 @@ class SourceLatents:
         faces.memo[_memo_key(models)] = (_digest(crops_tensor(crops)), self)
 
 
+class LatentStream:
+    """Source latents of face crops that arrive a few at a time (`detect_and_parse(..., crops_to=stream.add)`).
+
+    Crops wait until `batch_size` of them are there, so the VAE sees exactly the batches of one `encode_sources` call
+    over all of them and gives the same numbers; only the latents (32 KB per frame) are kept, not the crops.
+    """
+
+    def __init__(self, models, batch_size=8):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._models, self._batch_size = models, batch_size
+        self._waiting = []  # fewer than batch_size crops [256,256,3]
+        self._latents = []
+
+    def add(self, _indices, crops):
+        """Take uint8 RGB crops [n,256,256,3] of face frames, in frame order (`_indices`: their frame numbers)."""
+        self._waiting.extend(crops_tensor(crops))
+        while len(self._waiting) >= self._batch_size:
+            self._encode(self._waiting[:self._batch_size])
+            del self._waiting[:self._batch_size]
+
+    def sources(self, faces):
+        """The SourceLatents of `faces`, the FaceTrack whose face crops were all added."""
+        if self._waiting:
+            self._encode(self._waiting)
+            self._waiting = []
+        if not self._latents:
+            return SourceLatents.of_faces(faces, torch.zeros(0, 8, LATENT_SIZE, LATENT_SIZE,
+                                                             device=self._models.runtime.storage_device))
+        return SourceLatents.of_faces(faces, torch.cat(self._latents))
+
+    def _encode(self, crops):
+        self._latents.append(encode_sources(self._models, torch.stack(crops), self._batch_size))
+
+
 def encoder_key(models):
     """What decides the source latents besides the faces and crops: (version, VAE dtype name, VAE name)."""
     return models.version, encoder_dtype(models), vae_name(models)

@@ -130,6 +130,15 @@ class MuseTalkModels:
             self._built[component] = self.runtime.manage(module, role, self.precision)
         return self._built[component]
 
+    def release(self, *components):
+        """Drop the built networks of `components` (names of COMPONENTS, e.g. "s3fd", "dwpose", "face_parsing"),
+        so their memory can go once no caller holds them; a later getter call loads them again."""
+        unknown = [c for c in components if c not in COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; the components are {COMPONENTS}")
+        for component in components:
+            self._built.pop(component, None)
+
     def unet(self):
         from .networks.unet import load_unet
 

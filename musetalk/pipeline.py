@@ -1,8 +1,11 @@
 """The whole lip-sync job of the command line: a video (or images) and a speech file in, an H.264/AAC mp4 out.
 
 It runs the same stages as the ComfyUI nodes, in the same order, on the standalone runtime:
-audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Output frames are generated,
-pasted and written a chunk at a time, so only the source frames and per-frame face data stay in memory.
+audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
+the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
+into the VAE) and again, in runs, to paste on; output frames are generated, pasted and written a chunk at a time,
+the H.264 encoding on a worker thread. What grows with the length is small per frame: boxes, compressed blend masks
+(~20 KB at 1080p), source latents (32 KB) and the audio tokens (77 KB per output frame).
 """
 import os
 from dataclasses import dataclass, field
@@ -10,13 +13,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .audio import extract_features
-from .face import FaceSettings, detect_and_parse
+from .face import FaceSettings, FrameReader, detect_and_parse
 from .face_boxes import parse_bboxes
 from .inpaint import cycle_indices
-from .lipsync import SourceLatents, generate_latents, render_frames
-from .video import VideoWriter, open_frames, read_audio
+from .lipsync import LatentStream, generate_latents, render_frames
+from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
 
 CHUNK_BATCHES = 8  # output frames in flight = batch_size * CHUNK_BATCHES
+# source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
+WINDOW_BYTES = 128 * 2 ** 20
 
 
 @dataclass
@@ -39,6 +44,7 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     log(f"{video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps; "
         f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
     features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
+    models.release("whisper")
 
     source_index = cycle_indices(source.count, features.frame_count, options.cycle)
     if not len(source_index):
@@ -46,31 +52,37 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     # every cycle starts at frame 0, so the output uses a prefix of the source: frames past it (a long video under a
     # short speech) need no detection, parsing or encoding
     used = int(source_index.max()) + 1
-    frames = source.frames(0, used)
     boxes = parse_bboxes(options.bboxes, source.count, source.size)
     face = options.face
-    faces, crops = detect_and_parse(models, frames, face.bbox_shift, face.extra_margin, face.parsing_mode,
-                                    face.left_cheek_width, face.right_cheek_width, boxes and boxes[:used],
-                                    face.face_select, face.smooth)
+    latents = LatentStream(models, options.batch_size)
+    faces, _ = detect_and_parse(models, FrameReader(source.frames, used, source.size), face.bbox_shift,
+                                face.extra_margin, face.parsing_mode, face.left_cheek_width, face.right_cheek_width,
+                                boxes and boxes[:used], face.face_select, face.smooth, latents.add)
+    models.release("s3fd", "dwpose", "face_parsing")
     log(faces.bbox_shift_range)
-    sources = SourceLatents.encode(models, faces, crops, options.batch_size)
+    sources = latents.sources(faces)
     log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
         f"({sum(faces.has_face)} with a face)")
 
     if frames_dir:
         os.makedirs(frames_dir, exist_ok=True)
-    writer = VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate))
-    chunk = options.batch_size * CHUNK_BATCHES
-    for start in range(0, len(source_index), chunk):
-        index = source_index[start:start + chunk]
-        samples = generate_latents(models, sources, features.features[start:start + len(index)], index,
-                                   options.batch_size)
-        for batch in render_frames(models, faces, samples, index, lambda i: frames[i], options.batch_size):
-            if frames_dir:
-                _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
-            writer.write(batch.numpy())
-        log(f"  {writer.frames_written}/{len(source_index)} frames")
-    writer.close()
+    height, width = source.size
+    window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
+    writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
+    try:
+        chunk = options.batch_size * CHUNK_BATCHES
+        for start in range(0, len(source_index), chunk):
+            index = source_index[start:start + chunk]
+            samples = generate_latents(models, sources, features.features[start:start + len(index)], index,
+                                       options.batch_size)
+            for batch in render_frames(models, faces, samples, index, window, options.batch_size):
+                if frames_dir:
+                    _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
+                writer.write(batch.numpy())
+            log(f"  {writer.frames_written}/{len(source_index)} frames")
+        writer.close()
+    finally:
+        writer.abort()  # after an error or interrupt: stop the encoding thread (nothing to do after close)
     return writer.frames_written
 
 

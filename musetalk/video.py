@@ -3,13 +3,16 @@
 Frames are uint8 RGB numpy arrays [H,W,3]; audio is float32 [C,T] in -1..1 with its sample rate.
 """
 import os
+import queue
 import re
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SKIP_SECONDS = 2.0
 
 
 class MediaError(ValueError):
@@ -31,16 +34,25 @@ class FrameSource:
 
 
 class ImageFrames(FrameSource):
-    def __init__(self, path, images, fps):
-        self._images = images
-        super().__init__(path, fps, len(images), images[0].shape[:2])
+    """Image files, read when asked for: only the first is opened up front, for the frame size."""
+
+    def __init__(self, path, files, fps):
+        self._files = files
+        super().__init__(path, fps, len(files), _read_image(files[0]).shape[:2])
 
     def frames(self, start, stop):
-        return np.stack(self._images[start:stop])
+        images = [_read_image(name) for name in self._files[start:stop]]
+        for name, image in zip(self._files[start:stop], images):
+            if image.shape[:2] != self.size:
+                raise MediaError(f"{name}: the image is {image.shape[1]}x{image.shape[0]}, but the first one is "
+                                 f"{self.size[1]}x{self.size[0]}; every frame of a folder must have the same size")
+        return np.stack(images)
 
 
 class VideoFrames(FrameSource):
-    """Decodes on demand. Reading forwards streams; a jump backwards seeks to the previous keyframe."""
+    """Decodes on demand. Reading forwards streams, also across a gap of up to SKIP_SECONDS (decoding through it
+    costs less than seeking back to a keyframe, which may lie seconds earlier); other jumps seek to the keyframe
+    before the target."""
 
     def __init__(self, path):
         import av
@@ -63,7 +75,7 @@ class VideoFrames(FrameSource):
             self.count = sum(1 for _ in self._iterate_from(0))
 
     def _iterate_from(self, index):
-        """Yield (frame_index, rgb) starting at `index`, seeking to the keyframe before it."""
+        """Yield (frame_index, decoded frame) starting at `index`, seeking to the keyframe before it."""
         stream = self._stream
         target = int(index / self.fps / stream.time_base) if index else 0
         self._container.seek(target + (stream.start_time or 0), stream=stream, backward=True, any_frame=False)
@@ -72,20 +84,50 @@ class VideoFrames(FrameSource):
             position = int(round(float((frame.pts - (stream.start_time or 0)) * stream.time_base) * self.fps))
             first = position if first is None else first + 1  # count decoded frames; pts can be irregular
             if first >= index:
-                yield first, frame.to_ndarray(format="rgb24")
+                yield first, frame
 
     def frames(self, start, stop):
-        if self._next_index != start:
+        ahead = None if self._next_index is None else start - self._next_index
+        if ahead is None or not 0 <= ahead <= SKIP_SECONDS * self.fps:
             self._decoder = self._iterate_from(start)
         out = []
-        for index, rgb in self._decoder:
-            out.append(rgb)
+        for index, frame in self._decoder:
+            if index < start:
+                continue
+            out.append(frame.to_ndarray(format="rgb24"))
             if index + 1 >= stop:
                 break
         self._next_index = stop
         if len(out) != stop - start:
             raise MediaError(f"{self.path}: could only decode {len(out)} of frames {start}..{stop - 1}")
         return np.stack(out)
+
+
+class FrameWindow:
+    """Source frames by index for an output order that walks a FrameSource forwards and backwards (pingpong).
+
+    Frames are read `size` at a time in the direction of travel and kept until a request leaves that run, so a
+    video is decoded about once per pass instead of seeking for every batch, and at most `size` frames are held.
+    """
+
+    def __init__(self, source, size):
+        self._source, self._size = source, max(int(size), 1)
+        self._start, self._frames = 0, None
+
+    def __call__(self, indices):
+        """uint8 RGB [len(indices),H,W,3] for the given frame indices."""
+        out = np.empty((len(indices), *self._source.size, 3), np.uint8)
+        for row, index in enumerate(indices):
+            if self._frames is None or not self._start <= index < self._start + len(self._frames):
+                self._read_around(int(index))
+            out[row] = self._frames[index - self._start]
+        return out
+
+    def _read_around(self, index):
+        walking_back = self._frames is not None and self._start - self._size <= index < self._start
+        start = max(index - self._size + 1, 0) if walking_back else index
+        self._frames = None  # let the old run go before the new one is decoded
+        self._start, self._frames = start, self._source.frames(start, min(start + self._size, self._source.count))
 
 
 def open_frames(path, fps=25.0):
@@ -97,11 +139,11 @@ def open_frames(path, fps=25.0):
         if not names:
             raise MediaError(f"{path}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} images")
         names.sort(key=_natural_key)
-        return ImageFrames(path, [_read_image(os.path.join(path, n)) for n in names], fps)
+        return ImageFrames(path, [os.path.join(path, n) for n in names], fps)
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such file or folder")
     if path.lower().endswith(IMAGE_EXTENSIONS):
-        return ImageFrames(path, [_read_image(path)], fps)
+        return ImageFrames(path, [path], fps)
     return VideoFrames(path)
 
 
@@ -152,6 +194,7 @@ class VideoWriter:
         import av
 
         self._av = av
+        self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._container = av.open(path, "w")
         self._height, self._width = size
@@ -199,3 +242,64 @@ class VideoWriter:
         stream = self._audio_stream
         for packet in list(stream.encode(frame)) + list(stream.encode(None)):
             self._container.mux(packet)
+
+
+class BackgroundWriter:
+    """Runs a VideoWriter's `write` on a worker thread behind a queue of `depth` batches, so that H.264 encoding
+    overlaps the networks. A failure on the worker comes back from the next `write` or from `close`; `abort` (after
+    an error or an interrupt in the caller) drops the queued frames and stops the worker without waiting for them.
+    The caller must not change a batch after handing it to `write`.
+    """
+
+    def __init__(self, writer, depth=2):
+        self._writer = writer
+        self._queue = queue.Queue(depth)
+        self._error = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="musetalk-video-writer", daemon=True)
+        self._thread.start()
+        self.frames_written = 0  # frames handed over so far
+
+    def _work(self):
+        while True:
+            frames = self._queue.get()
+            if frames is None:
+                return
+            # after a failure or abort the worker keeps taking batches, so a waiting `write` never blocks for ever
+            if self._error is None and not self._stopping:
+                try:
+                    self._writer.write(frames)
+                except BaseException as error:  # handed to the caller's thread by _raise_failure
+                    self._error = error
+
+    def write(self, frames):
+        """frames: uint8 RGB [B,H,W,3], queued for encoding (blocks while `depth` batches wait)."""
+        self._raise_failure()
+        self._queue.put(frames)
+        self.frames_written += len(frames)
+
+    def close(self):
+        """Encode what is queued, then finish the file (see VideoWriter.close)."""
+        self._finish()
+        self._raise_failure()
+        self._writer.close()
+
+    def abort(self):
+        """Stop the worker now, dropping queued frames; the file is left unfinished. Does nothing after `close`."""
+        self._stopping = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._finish()
+
+    def _finish(self):
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise_failure(self):
+        if self._error is not None:
+            raise MediaError(f"{self._writer.path}: writing the video failed ({type(self._error).__name__}: "
+                             f"{self._error})") from self._error

@@ -1,0 +1,229 @@
+"""The command-line job holds a bounded number of source frames whatever the clip's length, and its streaming parts
+(compressed blend masks, lazy image folders, run-wise frame reads, streamed VAE encoding, the writer thread) give the
+numbers and errors of the whole-clip versions."""
+import json
+import os
+import threading
+import time
+import wave
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import musetalk.pipeline as pipeline
+from musetalk import video
+from musetalk.face import BlendMasks, FaceTrack
+from musetalk.inpaint import cycle_indices, encode_sources
+from musetalk.lipsync import LatentStream
+from musetalk.models import ModelFiles, MuseTalkModels
+from musetalk.runtime import StandaloneRuntime
+from musetalk.video import BackgroundWriter, FrameWindow, MediaError, VideoWriter, open_frames
+
+HEIGHT, WIDTH = 96, 128
+FACE_EVERY = 8  # frames with a face box; the others pass through, which keeps the networks' share small
+
+
+class CountingSource:
+    """A FrameSource that records every read and how many of the frames it handed out are still alive."""
+
+    def __init__(self, source):
+        self._source = source
+        self.path, self.fps, self.count, self.size = source.path, source.fps, source.count, source.size
+        self.calls, self.alive, self.peak = [], 0, 0
+
+    def frames(self, start, stop):
+        frames = self._source.frames(start, stop)
+        self.calls.append((start, stop))
+        self.alive += len(frames)
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(frames, self._freed, len(frames))
+        return frames
+
+    def _freed(self, count):
+        self.alive -= count
+
+
+def _clip(folder, n_frames, speech_seconds):
+    """A video of n_frames distinct frames, a speech file and a box file with a face on every FACE_EVERY-th frame."""
+    frames = np.zeros((n_frames, HEIGHT, WIDTH, 3), np.uint8)
+    frames[:] = (np.arange(n_frames) * 3 % 256)[:, None, None, None].astype(np.uint8)
+    frames[:, 20:80, 30:90, 1] = 200
+    writer = VideoWriter(os.path.join(folder, "clip.mp4"), 25, (HEIGHT, WIDTH))
+    writer.write(frames)
+    writer.close()
+    rate = 16000
+    with wave.open(os.path.join(folder, "speech.wav"), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
+        f.writeframes((3000 * np.sin(np.arange(int(rate * speech_seconds)) / 9)).astype("<i2").tobytes())
+    boxes = [[30, 20, 90, 80] if i % FACE_EVERY == 0 else None for i in range(n_frames)]
+    with open(os.path.join(folder, "boxes.json"), "w") as f:
+        json.dump(boxes, f)
+    return boxes
+
+
+def _lipsync(models_dir, folder, n_frames, monkeypatch):
+    boxes = _clip(folder, n_frames, 1.5 * n_frames / 25)  # speech longer than the video: pingpong walks back
+    sources = []
+    real_open = pipeline.open_frames
+    monkeypatch.setattr(pipeline, "open_frames", lambda path, fps: sources.append(CountingSource(real_open(path, fps)))
+                        or sources[-1])
+    monkeypatch.setattr(pipeline, "WINDOW_BYTES", 6 * HEIGHT * WIDTH * 3)  # 6 frames per run (batch_size is 4)
+    models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
+    options = pipeline.LipSyncOptions(batch_size=4, bboxes=json.dumps(boxes))
+    count = pipeline.lipsync(models, os.path.join(folder, "clip.mp4"), os.path.join(folder, "speech.wav"),
+                             os.path.join(folder, "out.mp4"), options, os.path.join(folder, "png"), log=lambda _: None)
+    return sources[0], boxes, count
+
+
+def test_source_frames_held_do_not_grow_with_the_clip(models_dir, tmp_path, monkeypatch):
+    runs = {}
+    for n_frames in (32, 96):  # whole crop-pass batches of 16 frames, so both clips can reach the same peak
+        folder = tmp_path / str(n_frames)
+        folder.mkdir()
+        runs[n_frames] = _lipsync(models_dir, str(folder), n_frames, monkeypatch)
+    short, long = runs[32][0], runs[96][0]
+    # one crop-pass batch (16 frames of this size) or one 6-frame run, plus the one read while it is still held
+    assert long.peak == short.peak <= 2 * 16
+    assert max(stop - start for start, stop in long.calls) <= 16
+
+    source, boxes, count = runs[96]
+    assert count == 144
+    order = cycle_indices(96, 144).tolist()
+    written = sorted(os.listdir(tmp_path / "96" / "png"))
+    decoded = open_frames(str(tmp_path / "96" / "clip.mp4")).frames(0, 96)
+    for t in range(0, 144, 5):  # frames without a face pass through: the right source frame, read back exactly
+        if boxes[order[t]] is None:
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "96" / "png" / written[t])), decoded[order[t]])
+
+
+def test_frame_window_reads_runs_both_ways():
+    class Ramp:
+        count, size = 50, (2, 2)
+
+        def __init__(self):
+            self.calls = []
+
+        def frames(self, start, stop):
+            self.calls.append((start, stop))
+            return np.arange(start, stop, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+
+    source = Ramp()
+    window = FrameWindow(source, 10)
+    order = cycle_indices(50, 130).tolist()
+    got = [int(f[0, 0, 0]) for start in range(0, 130, 4) for f in window(order[start:start + 4])]
+    assert got == order
+    # forwards 0..49, backwards 49..0 and forwards again 0..29: each in runs of 10, no frame read twice per pass
+    assert source.calls == [(s, s + 10) for s in range(0, 50, 10)] + [(s, s + 10) for s in range(30, -1, -10)] \
+        + [(s, s + 10) for s in range(10, 30, 10)]
+
+
+def test_image_folder_is_read_when_asked(tmp_path, monkeypatch):
+    for index in range(5):
+        Image.fromarray(np.full((8, 6, 3), index, np.uint8)).save(tmp_path / f"{index}.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "9.png")
+    opened = []
+    real = video._read_image
+    monkeypatch.setattr(video, "_read_image", lambda path: opened.append(os.path.basename(path)) or real(path))
+    source = open_frames(str(tmp_path))
+    assert opened == ["0.png"] and source.count == 6 and source.size == (8, 6)
+    assert [int(f[0, 0, 0]) for f in source.frames(2, 4)] == [2, 3] and opened[1:] == ["2.png", "3.png"]
+    with pytest.raises(MediaError, match="9.png: the image is 4x4, but the first one is 6x8"):
+        source.frames(4, 6)
+
+
+def test_blend_masks_are_compressed_and_read_back_exactly():
+    mask = np.zeros((400, 400), np.uint8)
+    mask[220:360, 80:320] = 255
+    mask[210:220, 80:320] = np.linspace(0, 255, 10, dtype=np.uint8)[:, None]  # a blurred edge
+    masks = BlendMasks([(mask, [10, 20, 410, 420]), None])
+    assert len(masks) == 2 and masks[1] is None and masks.nbytes < mask.nbytes // 50
+    got, box = masks[0]
+    assert np.array_equal(got, mask) and got.dtype == np.uint8 and box == [10, 20, 410, 420]
+    got[:] = 7  # a read gives a copy: the track cannot be changed through it
+    assert np.array_equal(masks[0][0], mask) and [entry is None for entry in masks] == [False, True]
+    track = FaceTrack((500, 500), "v1.5", [None, None], [(1, 2, 3, 4), None], [(mask, [0, 0, 400, 400]), None],
+                      None, "")
+    assert isinstance(track.blend, BlendMasks) and np.array_equal(track.blend[0][0], mask)
+    with pytest.raises(ValueError, match="uint8"):
+        BlendMasks([(mask.astype(np.float32), [0, 0, 400, 400])])
+
+
+def test_latent_stream_gives_the_latents_of_one_encode(models_dir):
+    models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (7, 256, 256, 3), dtype=np.uint8))
+    whole = encode_sources(models, crops, 3)
+    stream = LatentStream(models, 3)
+    for start, stop in ((0, 2), (2, 3), (3, 7)):  # portions that cut across the VAE batches
+        stream.add(list(range(start, stop)), crops[start:stop])
+
+    class Faces:
+        has_face = [True] * 7
+
+        def __len__(self):
+            return 7
+
+    streamed = stream.sources(Faces()).latents
+    assert torch.equal(streamed, whole) and streamed.stride() == whole.stride()
+
+
+class SlowWriter:
+    path = "slow.mp4"
+
+    def __init__(self, fail_at=None):
+        self.batches, self.closed, self._fail_at = [], False, fail_at
+
+    def write(self, frames):
+        time.sleep(0.05)
+        if len(self.batches) == self._fail_at:
+            raise OSError("disk full")
+        self.batches.append(frames)
+
+    def close(self):
+        self.closed = True
+
+
+def test_background_writer_writes_in_order_and_reports_failures():
+    inner = SlowWriter()
+    writer = BackgroundWriter(inner, depth=2)
+    for i in range(5):
+        writer.write([i])
+    writer.close()
+    assert inner.batches == [[i] for i in range(5)] and inner.closed and writer.frames_written == 5
+
+    writer = BackgroundWriter(SlowWriter(fail_at=1), depth=1)
+    with pytest.raises(MediaError, match=r"slow.mp4: writing the video failed \(OSError: disk full\)"):
+        for i in range(20):
+            writer.write([i])
+    writer.abort()
+    writer = BackgroundWriter(SlowWriter(fail_at=0))
+    writer.write([0])
+    with pytest.raises(MediaError, match="disk full"):
+        writer.close()
+
+
+def test_background_writer_abort_does_not_wait_for_queued_frames():
+    inner = SlowWriter()
+    writer = BackgroundWriter(inner, depth=3)
+    for i in range(4):
+        writer.write([i])
+    started = time.monotonic()
+    writer.abort()
+    assert time.monotonic() - started < 0.5 and len(inner.batches) < 4 and not inner.closed
+    assert not [t for t in threading.enumerate() if t.name == "musetalk-video-writer"]
+    writer.abort()  # twice, or after close: nothing left to do
+
+
+def test_video_reads_across_gaps_and_back_give_the_decoded_frames(tmp_path):
+    frames = np.zeros((80, 48, 64, 3), np.uint8)
+    frames[:] = (np.arange(80) * 3)[:, None, None, None]
+    writer = VideoWriter(str(tmp_path / "ramp.mp4"), 25, (48, 64))
+    writer.write(frames)
+    writer.close()
+    whole = open_frames(str(tmp_path / "ramp.mp4")).frames(0, 80)
+    source = open_frames(str(tmp_path / "ramp.mp4"))
+    # gaps within SKIP_SECONDS decode through, the 70 -> 5 jump seeks back, 5 -> 75 (past 2 s) seeks forward
+    for start, stop in ((0, 3), (10, 13), (40, 44), (70, 72), (5, 8), (75, 80)):
+        assert np.array_equal(source.frames(start, stop), whole[start:stop]), (start, stop)
