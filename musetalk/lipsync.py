@@ -153,9 +153,9 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
         active = [i for i, s in enumerate(sources) if faces.paste_boxes[s] is not None]
         if active:
             generated = decode_batch(vae, samples[start:start + batch_size][active])
+            blends = [faces.blend[sources[i]] for i in active]  # each read unpacks a compressed mask
             pasted = paste_faces(frames[active], generated, [faces.paste_boxes[sources[i]] for i in active],
-                                 [faces.blend[sources[i]][0] for i in active],
-                                 [faces.blend[sources[i]][1] for i in active])
+                                 [mask for mask, _ in blends], [crop_box for _, crop_box in blends])
             frames[active] = pasted
         progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
         yield frames
