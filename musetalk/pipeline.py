@@ -3,9 +3,10 @@
 It runs the same stages as the ComfyUI nodes, in the same order, on the standalone runtime:
 audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
-into the VAE) and again, in runs, to paste on; output frames are generated, pasted and written a chunk at a time,
-the H.264 encoding on a worker thread. What grows with the length is small per frame: boxes, compressed blend masks
-(~20 KB at 1080p), source latents (32 KB) and the audio tokens (77 KB per output frame).
+into the VAE) and again, in runs, to paste on; the UNet makes every mouth latent and is dropped, then the output
+frames are decoded, pasted and written a batch at a time, the H.264 encoding on a worker thread. What grows with the
+length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB), the audio tokens
+(77 KB per output frame, dropped once the UNet is done) and the mouth latents (16 KB per output frame).
 """
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from .inpaint import cycle_indices
 from .lipsync import LatentStream, generate_latents, render_frames
 from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
 
-CHUNK_BATCHES = 8  # output frames in flight = batch_size * CHUNK_BATCHES
+CHUNK_BATCHES = 8  # a progress line every batch_size * CHUNK_BATCHES frames
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
 WINDOW_BYTES = 128 * 2 ** 20
 
@@ -64,22 +65,31 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
         f"({sum(faces.has_face)} with a face)")
 
+    # All mouth latents first (16 KB per frame), then the UNet goes before anything is decoded: its fp32 weights
+    # (3.2 GB) and the decoder's activations (1.7 GB at batch 8) never share the memory.
+    chunk = options.batch_size * CHUNK_BATCHES
+    samples = []
+    for start in range(0, len(source_index), chunk):
+        index = source_index[start:start + chunk]
+        samples.append(generate_latents(models, sources, features.features[start:start + len(index)], index,
+                                        options.batch_size))
+        log(f"  mouths {start + len(index)}/{len(source_index)}")
+    samples = torch.cat(samples)
+    del features
+    models.release("unet")
+
     if frames_dir:
         os.makedirs(frames_dir, exist_ok=True)
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
     try:
-        chunk = options.batch_size * CHUNK_BATCHES
-        for start in range(0, len(source_index), chunk):
-            index = source_index[start:start + chunk]
-            samples = generate_latents(models, sources, features.features[start:start + len(index)], index,
-                                       options.batch_size)
-            for batch in render_frames(models, faces, samples, index, window, options.batch_size):
-                if frames_dir:
-                    _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
-                writer.write(batch.numpy())
-            log(f"  {writer.frames_written}/{len(source_index)} frames")
+        for batch in render_frames(models, faces, samples, source_index, window, options.batch_size):
+            if frames_dir:
+                _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
+            writer.write(batch.numpy())
+            if writer.frames_written % chunk < len(batch) or writer.frames_written == len(source_index):
+                log(f"  frames {writer.frames_written}/{len(source_index)}")
         writer.close()
     finally:
         writer.abort()  # after an error or interrupt: stop the encoding thread (nothing to do after close)
