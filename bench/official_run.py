@@ -3,8 +3,9 @@
     OFFICIAL_PYTHON bench/official_run.py CHECKOUT BOXES KEEP -- [scripts/inference.py arguments]
 
 Executed by the official environment's python (see bench/README.md), not ours: it imports nothing from this
-repository. The script runs unchanged, as `__main__` from CHECKOUT (its model paths are relative to it), with its own
-argument parser; three functions are patched first, none of which removes official work:
+repository but `official_imports` (that environment's import fixes for mmcv-lite and torchvision). The script runs
+unchanged, as `__main__` from CHECKOUT (its model paths are relative to it), with its own argument parser; three
+functions are patched first, none of which removes official work:
 
 * `get_landmark_and_bbox` (as `scripts/inference.py` imports it): random-weight detectors find no face, so the real
   function runs in full (DWPose + S3FD on every frame, paid as the official script pays it) and its coordinates are
@@ -21,6 +22,8 @@ import os
 import runpy
 import shutil
 import sys
+
+import official_imports  # bench/official_imports.py: this script's folder is the first entry of sys.path
 
 
 def patch_detection(boxes):
@@ -72,6 +75,7 @@ def main():
         boxes = [tuple(int(v) for v in box) for box in json.load(f)]
     result_dir = script_args[script_args.index("--result_dir") + 1]
     keep = os.path.abspath(args.keep)
+    official_imports.install()
     os.chdir(args.checkout)
     sys.path.insert(0, os.getcwd())
     patch_detection(boxes)
