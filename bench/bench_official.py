@@ -34,15 +34,15 @@ from .measure import GIB, gemm_rate, load_average
 OFFICIAL_RUN = os.path.join(REPO, "bench", "official_run.py")
 
 
-def run_child(command, log_path, env=None):
+def run_child(command, log_path):
     """Run `command` with its output in `log_path`; returns (wall seconds, peak RSS bytes, exit code)."""
     with open(log_path, "w") as log:
         start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        # wait4 instead of child.wait(): the rusage of this child alone (RUSAGE_CHILDREN would mix both runs)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss * 1024, child.returncode  # Linux reports kilobytes
+    return wall, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)  # Linux reports kilobytes
 
 
 def check_child(name, code, log_path, frames_dir, expected):
