@@ -5,7 +5,7 @@ ms per output frame, GFLOP per frame, achieved GFLOP/s against the measured GEMM
                                    [--sources 12] [--seconds 1.0] [--batch 8]
 
 It runs `musetalk.pipeline.lipsync` on a generated clip (the fixture photo shifted over `--sources` frames of 384x384,
-the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights find no face. Each stage
+the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights give no usable face box. Each stage
 function of the real code path is wrapped with a timer; FLOPs per frame are counted once on a 3-frame clip. Face
 detection (S3FD + DWPose), which the given boxes skip, is measured separately on the same frames. The defaults are
 the issue's configuration: 12 source frames, 1 s of audio at 25 fps (25 output frames), batch 8. The audio stage is
@@ -124,8 +124,8 @@ def read_clip_frames(frames_dir, sources):
 def detect_every_frame(models, frames):
     """S3FD + DWPose on every frame (RGB uint8 [N,H,W,3]), the detection work of a clip whose frames all hold a face.
 
-    detect_and_parse skips DWPose where S3FD finds nothing, which random weights always do, so the two networks
-    are called here directly; the results are meaningless with random weights and dropped."""
+    detect_and_parse runs DWPose only on frames where S3FD returns a box, which random weights may or may not do,
+    so the two networks are called here directly; their results are meaningless with random weights and dropped."""
     detect_faces(models.face_detector(), models.runtime, frames)
     estimate_keypoints(models.dwpose(), models.runtime, np.ascontiguousarray(frames[..., ::-1]))
 

@@ -7,9 +7,10 @@ repository but `official_imports` (that environment's import fixes for mmcv-lite
 unchanged, as `__main__` from CHECKOUT (its model paths are relative to it), with its own argument parser; three
 functions are patched first, none of which removes official work:
 
-* `get_landmark_and_bbox` (as `scripts/inference.py` imports it): random-weight detectors find no face, so the real
-  function runs in full (DWPose + S3FD on every frame, paid as the official script pays it) and its coordinates are
-  then replaced by the clip's known boxes (BOXES: JSON list of [x1, y1, x2, y2] per frame, the official format).
+* `get_landmark_and_bbox` (as `scripts/inference.py` imports it): random-weight detectors give no usable face box,
+  so the real function runs in full (DWPose + S3FD on every frame, paid as the official script pays it) and its
+  coordinates are then replaced by the clip's known boxes (BOXES: JSON list of [x1, y1, x2, y2] per frame, the
+  official format).
 * `DiagonalGaussianDistribution.sample` returns the posterior mean: the official encoder samples the VAE posterior
   where our pipeline (and the golden fixtures) take the mean (spec section 7, Q1); without this the frames could not
   be compared. It only skips drawing one [1,4,32,32] noise tensor per encode.
