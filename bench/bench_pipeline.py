@@ -5,9 +5,9 @@ ms per output frame, GFLOP per frame, achieved GFLOP/s against the measured GEMM
                                    [--sources 12] [--seconds 1.0] [--batch 8]
 
 It runs `musetalk.pipeline.lipsync` on a generated clip (the fixture photo shifted over `--sources` frames of 384x384,
-the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights give no usable face box. Each stage
-function of the real code path is wrapped with a timer; FLOPs per frame are counted once on a 3-frame clip. Face
-detection (S3FD + DWPose), which the given boxes skip, is measured separately on the same frames. The defaults are
+the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights give no usable face box.
+Each stage function of the real code path is wrapped with a timer; FLOPs per frame are counted once on a 3-frame clip.
+Face detection (S3FD + DWPose), which the given boxes skip, is measured separately on the same frames. The defaults are
 the issue's configuration: 12 source frames, 1 s of audio at 25 fps (25 output frames), batch 8. The audio stage is
 counted on the timed clip itself, because whisper's cost is per 30 s piece, not per frame.
 """
