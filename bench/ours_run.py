@@ -4,9 +4,9 @@
 
 First face detection, S3FD + DWPose on every source frame, which is the detection work the official script does;
 random weights give no usable face box, so its results are dropped and `pipeline.lipsync` takes the clip's known
-boxes (BOXES: JSON list of [x1, y1, x2, y2] per frame), writes the mp4 OUT and the frames as PNGs into PNG_DIR. Prints one JSON
-line: seconds of the detection and of the lip sync, and the number of frames written. Model loading counts where
-it happens (the face networks in the detection, the others in the lip sync), as in the official script.
+boxes (BOXES: JSON list of [x1, y1, x2, y2] per frame), writes the mp4 OUT and the frames as PNGs into PNG_DIR.
+Prints one JSON line: seconds of the detection and of the lip sync, and the number of frames written. Model loading
+counts where it happens (the face networks in the detection, the others in the lip sync), as in the official script.
 """
 import argparse
 import json
