@@ -5,9 +5,9 @@ ms per output frame, GFLOP per frame, achieved GFLOP/s against the measured GEMM
                                    [--sources 12] [--seconds 1.0] [--batch 8]
 
 It runs `musetalk.pipeline.lipsync` on a generated clip (the fixture photo shifted over `--sources` frames of 384x384,
-the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights find no face. Each stage
-function of the real code path is wrapped with a timer; FLOPs per frame are counted once on a 3-frame clip. Face
-detection (S3FD + DWPose), which the given boxes skip, is measured separately on the same frames. The defaults are
+the fixture speech looped to `--seconds`) with the faces' boxes given, since random weights give no usable face box.
+Each stage function of the real code path is wrapped with a timer; FLOPs per frame are counted once on a 3-frame clip.
+Face detection (S3FD + DWPose), which the given boxes skip, is measured separately on the same frames. The defaults are
 the issue's configuration: 12 source frames, 1 s of audio at 25 fps (25 output frames), batch 8. The audio stage is
 counted on the timed clip itself, because whisper's cost is per 30 s piece, not per frame.
 """
@@ -116,18 +116,29 @@ def run(models, folder, sources, seconds, batch, counted):
     return totals, frames, wall, cpu, peak_rss()
 
 
+def read_clip_frames(frames_dir, sources):
+    """The clip's source frames written by `write_clip`: uint8 RGB [sources,384,384,3]."""
+    return np.stack([np.asarray(Image.open(os.path.join(frames_dir, f"{i}.png"))) for i in range(sources)])
+
+
+def detect_every_frame(models, frames):
+    """S3FD + DWPose on every frame (RGB uint8 [N,H,W,3]), the detection work of a clip whose frames all hold a face.
+
+    detect_and_parse runs DWPose only on frames where S3FD returns a box, which random weights may or may not do,
+    so the two networks are called here directly; their results are meaningless with random weights and dropped."""
+    detect_faces(models.face_detector(), models.runtime, frames)
+    estimate_keypoints(models.dwpose(), models.runtime, np.ascontiguousarray(frames[..., ::-1]))
+
+
 def detection_stage(models, folder, sources):
     """S3FD + DWPose on the clip's frames, as detect_and_parse runs them when no boxes are given."""
-    frames = np.stack([np.asarray(Image.open(os.path.join(folder, "frames", f"{i}.png"))) for i in range(sources)])
-    detector, pose = models.face_detector(), models.dwpose()
+    frames = read_clip_frames(os.path.join(folder, "frames"), sources)
     stage = Stage("face detection (S3FD + DWPose)", sources)
     with FlopCounterMode(display=False) as counter:
-        detect_faces(detector, models.runtime, frames[:1])
-        estimate_keypoints(pose, models.runtime, frames[:1, ..., ::-1])
+        detect_every_frame(models, frames[:1])
     stage.flops = counter.get_total_flops() * sources
     start, cpu = time.perf_counter(), time.process_time()
-    detect_faces(detector, models.runtime, frames)
-    estimate_keypoints(pose, models.runtime, np.ascontiguousarray(frames[..., ::-1]))
+    detect_every_frame(models, frames)
     stage.seconds.append(time.perf_counter() - start)
     stage.cpu_seconds.append(time.process_time() - cpu)
     return stage
