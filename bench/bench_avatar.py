@@ -30,8 +30,8 @@ from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.runtime import StandaloneRuntime
 from musetalk.video import read_audio
 
-from .bench_networks import DEFAULT_MODELS, ensure_models
-from .bench_pipeline import instrumented, write_clip
+from .bench_networks import ensure_models
+from .bench_pipeline import clip_arguments, instrumented, write_clip
 from .measure import load_average, synchronize
 
 
@@ -68,12 +68,7 @@ def timed_run(models, faces, latents, frames, tokens, batch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=DEFAULT_MODELS, help="full-size models folder (generated if missing)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    parser.add_argument("--version", default="v1.5", choices=("v1.5", "v1.0"))
-    parser.add_argument("--sources", type=int, default=12)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    clip_arguments(parser, precision="auto", seconds=2.0)
     parser.add_argument("--batch", default="8", help="batch sizes, comma-separated")
     args = parser.parse_args(argv)
 

@@ -144,14 +144,19 @@ def detection_stage(models, folder, sources):
     return stage
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def clip_arguments(parser, precision, seconds):
+    """The options the scripts that run the pipeline on the generated clip share."""
     parser.add_argument("--models", default=DEFAULT_MODELS, help="full-size models folder (generated if missing)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default=precision, choices=("auto", "fp32", "fp16", "bf16"))
     parser.add_argument("--version", default="v1.5", choices=("v1.5", "v1.0"))
     parser.add_argument("--sources", type=int, default=12)
-    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=seconds)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    clip_arguments(parser, precision="fp32", seconds=1.0)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
 
