@@ -96,7 +96,8 @@ def main(argv=None):
     dtype = runtime.compute_dtype("unet", args.precision)
     print(f"Prepared avatar, MuseTalk {args.version}, {args.device} {str(dtype).replace('torch.', '')}, "
           f"{args.sources} source frames, {args.seconds:g} s audio; load average {load_average()}")
-    print("batch | frames | fps    | ms/frame | UNet ms | decode ms | paste ms | rest ms | beyond UNet+decode | CUDA GiB")
+    print("batch | frames | fps    | ms/frame | UNet ms | decode ms | paste ms | rest ms | beyond UNet+decode "
+          "| CUDA GiB")
     for batch, count, wall, instrumented_wall, parts, cuda in rows:
         # shares come from the instrumented run, the frame rate from the plain one
         per = {label: 1000 * seconds / count for label, seconds in parts.items()}

@@ -6,9 +6,9 @@ For each length it writes a synthetic 1080p clip at 25 fps (the fixture photo, e
 ~160x250 px, sliding across a 1920x1080 frame) with a speech file of the same length. The face box is given (random
 weights find no face) on every `--face-every`-th frame only, the other frames pass through: even the small networks
 take ~4 s per face frame on the 2-core CPU. The per-frame data of a face frame (source latents 32 KB, compressed
-blend mask) is therefore under-represented in the slope and is printed separately. Then it runs `python -m musetalk lipsync` on it in a subprocess with the SMALL random-weight
-checkpoints (so the networks cost little and the memory that depends on the video shows), and reads the child's
-peak RSS from wait4. It prints the peak per length, the slope in MB per minute of 1080p video, and the fp32 weight
+blend mask) is therefore under-represented in the slope and is printed separately. Then it runs
+`python -m musetalk lipsync` on it in a subprocess with the SMALL random-weight checkpoints (so the networks cost
+little and the memory that depends on the video shows), and reads the child's peak RSS from wait4. It prints the peak per length, the slope in MB per minute of 1080p video, and the fp32 weight
 bytes the full-size networks add (from models/manifest.json), for the expected full-size peak.
 
 `--repo` runs the job of another checkout (e.g. a worktree of main) on the same clips, for a before/after table.

@@ -17,7 +17,8 @@ from .face_boxes import (CROP_SIZE, LandmarkBox, bbox_shift_range_text, check_bb
                          smooth_boxes)
 
 __all__ = ["FaceSettings", "FaceTrack", "BlendMasks", "FrameReader", "detect_and_parse", "as_rgb_uint8",
-           "landmark_box", "bbox_shift_range_text", "paste_box", "network_crop", "parse_bboxes", "smooth_boxes", "CROP_SIZE"]
+           "landmark_box", "bbox_shift_range_text", "paste_box", "network_crop", "parse_bboxes", "smooth_boxes",
+           "CROP_SIZE"]
 
 log = logging.getLogger("musetalk")
 
