@@ -43,14 +43,20 @@ FFMPEG_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1"
 class WhisperFeatures:
     """The audio conditioning of one clip, one entry per output video frame.
 
-    features: [T,50,384] float32 CPU, the UNet's audio tokens before its positional encoding.
+    hidden: [N,5,384] float32 CPU, the whisper encoder's five depths at 50 Hz.
+    index: [T,10] int64, the encoder frames of each video frame's window (-1 = zeros; `gather_windows`).
     frame_times: [T] float64 seconds, the start of the audio span frame f shows (f / fps).
     loudness: [T] float32 RMS in dBFS (a full-scale square wave is 0) of the 16 kHz audio over [f/fps, (f+1)/fps);
         SILENCE_DBFS (-120) for digital silence and for v1.0's frames past the end of the audio.
     sample_rate: the rate the features were computed at (always 16000); duration: seconds of the input audio.
+
+    The UNet's tokens, 50*384 floats per video frame, are built from `hidden` when asked for (`features`, `window`):
+    neighbouring windows share most encoder frames, so the encoder output is 5x smaller at 25 fps (23 MB against
+    110 MB per minute), and a long clip's tokens need never exist all at once.
     """
 
-    features: torch.Tensor
+    hidden: torch.Tensor
+    index: torch.Tensor
     fps: float
     frame_times: torch.Tensor
     loudness: torch.Tensor
@@ -60,7 +66,16 @@ class WhisperFeatures:
 
     @property
     def frame_count(self):
-        return self.features.shape[0]
+        return self.index.shape[0]
+
+    @property
+    def features(self):
+        """[T,50,384] float32, the UNet's audio tokens of every frame, before its positional encoding."""
+        return self.window(0, self.frame_count)
+
+    def window(self, start, stop):
+        """The tokens of frames start..stop-1: [stop-start,50,384] float32."""
+        return gather_windows(self.hidden, self.index[start:stop])
 
 
 def extract_features(models, waveform, sample_rate, fps):
@@ -69,7 +84,6 @@ def extract_features(models, waveform, sample_rate, fps):
     waveform: [C,T] or [1,C,T] (ComfyUI AUDIO, one clip) float in [-1,1], or int16 samples; 1 to 8 channels.
     sample_rate: 8000..192000 Hz. fps: the video frame rate (float, 0 < fps <= 240; 29.97 stays 29.97).
     Runs the whisper encoder on its ManagedModel's device and dtype; returns float32 CPU tensors.
-    The result holds 50*384 floats per frame (about 1.9 MB per second of video at 25 fps).
     """
     samples, sample_rate = check_waveform(waveform, sample_rate)
     fps = check_fps(fps)
@@ -84,9 +98,10 @@ def extract_features(models, waveform, sample_rate, fps):
     else:
         mel = log_mel_v15(audio)
         hidden = encode(models.whisper(), models.runtime, mel, final_norm=True).flatten(0, 1)
-        hidden = hidden[:math.floor(len(audio) / SAMPLE_RATE * FEATURE_RATE)]  # drop the encoded padding
+        # drop the encoded padding; a copy, so that the padding's memory goes with it
+        hidden = hidden[:math.floor(len(audio) / SAMPLE_RATE * FEATURE_RATE)].clone()
         index = frame_index_v15(len(audio), len(hidden), fps)
-    return WhisperFeatures(features=gather_windows(hidden, index), fps=fps,
+    return WhisperFeatures(hidden=hidden, index=index, fps=fps,
                            frame_times=torch.arange(len(index), dtype=torch.float64) / fps,
                            loudness=frame_loudness(audio, len(index), fps), version=models.version,
                            sample_rate=SAMPLE_RATE, duration=samples.shape[1] / sample_rate)

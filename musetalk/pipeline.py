@@ -71,7 +71,7 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     samples = []
     for start in range(0, len(source_index), chunk):
         index = source_index[start:start + chunk]
-        samples.append(generate_latents(models, sources, features.features[start:start + len(index)], index,
+        samples.append(generate_latents(models, sources, features.window(start, start + len(index)), index,
                                         options.batch_size))
         log(f"  mouths {start + len(index)}/{len(source_index)}")
     samples = torch.cat(samples)

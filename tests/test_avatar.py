@@ -47,9 +47,11 @@ def chain(pack, models_dir, tmp_path_factory):
 
 
 def audio_features(engine, seed):
-    tokens = torch.randn(OUTPUT_FRAMES, 50, 384, generator=torch.Generator().manual_seed(seed))
+    # ten encoder frames of their own per video frame: random tokens, as if every window were independent
+    hidden = torch.randn(OUTPUT_FRAMES * 10, 5, 384, generator=torch.Generator().manual_seed(seed))
+    index = torch.arange(OUTPUT_FRAMES * 10).reshape(OUTPUT_FRAMES, 10)
     times = torch.arange(OUTPUT_FRAMES, dtype=torch.float64) / 25
-    return engine["audio"].WhisperFeatures(tokens, 25.0, times, torch.zeros(OUTPUT_FRAMES), "v1.5", 16000,
+    return engine["audio"].WhisperFeatures(hidden, index, 25.0, times, torch.zeros(OUTPUT_FRAMES), "v1.5", 16000,
                                            OUTPUT_FRAMES / 25)
 
 
