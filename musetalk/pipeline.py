@@ -5,8 +5,9 @@ audio -> features, frames -> faces -> source latents -> mouth latents -> pasted 
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
 into the VAE) and again, in runs, to paste on; the UNet makes every mouth latent and is dropped, then the output
 frames are decoded, pasted and written a batch at a time, the H.264 encoding on a worker thread. What grows with the
-length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB), the audio tokens
-(77 KB per output frame, dropped once the UNet is done) and the mouth latents (16 KB per output frame).
+length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB), the whisper
+encoder output (15 KB per output frame at 25 fps; each batch's tokens are built from it when the UNet needs them)
+and the mouth latents (16 KB per output frame).
 """
 import os
 from dataclasses import dataclass, field
