@@ -1,5 +1,5 @@
 """AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
-from ..musetalk.audio import MAX_FPS, extract_features
+from ..musetalk.audio import extract_features
 from . import sockets
 
 
@@ -16,9 +16,8 @@ class AudioToWhisperFeatures:
         return {"required": {
             "model": sockets.MODEL,
             "audio": ("AUDIO",),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001,
-                              "tooltip": "Frame rate of the video to lip-sync: wire it from GetVideoComponents' fps. "
-                                         "Fractional rates (29.97) are used as they are."}),
+            "fps": sockets.fps("Frame rate of the video to lip-sync: wire it from GetVideoComponents' fps. "
+                               "Fractional rates (29.97) are used as they are."),
         }}
 
     def extract(self, model, audio, fps):

@@ -6,7 +6,6 @@ latents to the faces, so LatentLipInpaint skips the VAE encoder and FaceDetectAn
 import logging
 import os
 
-from ..musetalk.audio import MAX_FPS
 from ..musetalk.avatar import SUFFIX, list_avatars, load_avatar, prepare_avatar, save_avatar
 from . import comfy_runtime, sockets
 from .images import to_image, to_uint8
@@ -31,8 +30,7 @@ class MuseTalkSaveAvatar:
             "faces": sockets.FACES,
             "crops": sockets.CROPS,
             "images": sockets.SOURCE_FRAMES,
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001,
-                              "tooltip": "The video's frame rate (from GetVideoComponents)."}),
+            "fps": sockets.fps("The video's frame rate (from GetVideoComponents)."),
             "name": ("STRING", {"default": "avatar", "tooltip": "File name of the avatar (no folders); an avatar "
                                                                 "of the same name is replaced."}),
         }}

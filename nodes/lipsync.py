@@ -8,8 +8,6 @@ from ..musetalk.video import fit_audio
 from . import sockets
 from .images import to_image, to_uint8
 
-BATCH_TIP = "Frames per network call. Larger is faster on a GPU with memory to spare; results do not change."
-
 
 class LatentLipInpaint:
     DESCRIPTION = ("One MuseTalk UNet step per audio frame: the lower half of each face is repainted to match the "
@@ -26,7 +24,7 @@ class LatentLipInpaint:
             "faces": sockets.FACES,
             "crops": sockets.CROPS,
             "features": ("MUSETALK_WHISPER_FEATURES",),
-            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
+            "batch_size": sockets.BATCH_SIZE,
             "cycle": (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
                 "How the video covers the audio. pingpong (official): forwards then backwards, repeated; "
                 "loop: restart from the first frame; once: stop at the shorter of video and audio.")}),
@@ -55,7 +53,7 @@ class BlendAndDecode:
             "latent": ("LATENT", {"tooltip": "From LatentLipInpaint."}),
             "faces": sockets.FACES,
             "images": sockets.SOURCE_FRAMES,
-            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": BATCH_TIP}),
+            "batch_size": sockets.BATCH_SIZE,
         }, "optional": {
             "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
         }}
