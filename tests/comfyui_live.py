@@ -3,8 +3,10 @@
     COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python -m pytest tests/test_comfyui_live.py
     python tests/comfyui_live.py capture-core-nodes   # refresh tests/data/comfy_core_nodes.json (same env vars)
 
-`ComfyServer` links the checkout into `custom_nodes/ComfyUI-MuseTalk`, starts `main.py --cpu` on 127.0.0.1 at a free
-port, waits (bounded) until it answers, and posts prompts. `workflow_to_prompt` does what the frontend's
+`ComfyServer` starts `main.py --cpu` on 127.0.0.1 at a free port with a base directory of its own (a temporary
+folder whose `custom_nodes/ComfyUI-MuseTalk` links to this checkout, and an in-memory database), so several checkouts
+can be tested against one ComfyUI at once and the install itself is never written to; it waits (bounded) until the
+server answers, and posts prompts. `workflow_to_prompt` does what the frontend's
 `graphToPrompt()` does for a saved UI workflow (contract §6): widget values are positional, in /object_info input
 order, with the extra slots the frontend adds (control_after_generate, upload buttons, audio players) skipped;
 links are resolved through Reroute, PrimitiveNode and bypassed nodes; muted and frontend-only nodes are dropped.
@@ -192,7 +194,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"musetalk_comfyui_{self.port}.log")
         self.process = None
-        self._previous_link = None
+        self._base = None
         self._object_info = None
 
     # lifecycle
@@ -204,9 +206,15 @@ class ComfyServer:
         self.stop()
 
     def start(self):
-        self._link_pack()
+        # models, custom_nodes, input, output, temp and user folders all live under the private base directory; the
+        # database would still default to the install's user/ folder, shared by every server started from it
+        self._base = tempfile.TemporaryDirectory(prefix="musetalk_comfyui_")
+        custom_nodes = os.path.join(self._base.name, "custom_nodes")
+        os.mkdir(custom_nodes)
+        os.symlink(REPO, os.path.join(custom_nodes, PACK_FOLDER), target_is_directory=True)
         command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--disable-auto-launch"] + self.extra_args
+                   "--disable-auto-launch", "--base-directory", self._base.name,
+                   "--database-url", "sqlite:///:memory:"] + self.extra_args
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
@@ -231,27 +239,9 @@ class ComfyServer:
                 self.process.kill()
                 self.process.wait(timeout=20)
         self.process = None
-        self._unlink_pack()
-
-    def _link_pack(self):
-        link = os.path.join(self.comfy_dir, "custom_nodes", PACK_FOLDER)
-        if os.path.islink(link):
-            self._previous_link = os.readlink(link)
-            if os.path.realpath(link) == os.path.realpath(REPO):
-                return
-            os.remove(link)
-        elif os.path.exists(link):
-            raise ComfyError(f"{link} is a real folder, not a link; move it away to test this checkout")
-        os.symlink(REPO, link, target_is_directory=True)
-
-    def _unlink_pack(self):
-        link = os.path.join(self.comfy_dir, "custom_nodes", PACK_FOLDER)
-        if os.path.islink(link) and os.path.realpath(link) == os.path.realpath(REPO):
-            if self._previous_link is None:
-                os.remove(link)
-            elif os.path.realpath(self._previous_link) != os.path.realpath(REPO):
-                os.remove(link)
-                os.symlink(self._previous_link, link, target_is_directory=True)
+        if self._base is not None:
+            self._base.cleanup()
+            self._base = None
 
     # http
     def get(self, path, timeout=30):
