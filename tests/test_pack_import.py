@@ -1,4 +1,4 @@
-"""Importing the pack as ComfyUI does: fast, reads no weights, uses its own modules, exposes well-formed V1 nodes."""
+"""Importing the pack as ComfyUI does: reads no weights, uses its own modules, exposes well-formed V1 nodes."""
 import json
 import os
 import subprocess
@@ -18,7 +18,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx")
 # Runs in a fresh interpreter: ComfyUI has torch (and numpy) imported long before it loads custom nodes, and its own
 # top-level `nodes` module; a stray top-level `musetalk` package (another pack, a pip install) may exist too.
 IMPORT_PROBE = r"""
-import json, os, sys, time, types
+import json, os, sys, types
 import numpy, pytest, torch  # pytest: conftest (which provides load_pack) needs it, the pack does not
 
 pack_dir, tests_dir, fake_comfy = sys.argv[1:4]
@@ -33,16 +33,13 @@ for name in ("nodes", "musetalk"):
 
 opened = []
 sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
-start = time.perf_counter()
 sys.path.insert(0, tests_dir)
 from conftest import load_pack
 module_name = pack_dir.replace(".", "_x_")  # ComfyUI's own naming of a custom node module
 pack = load_pack(pack_dir, module_name)
-seconds = time.perf_counter() - start
 
 loader = pack.NODE_CLASS_MAPPINGS["LoadMuseTalkModels"]
 print(json.dumps({
-    "seconds": seconds,
     "opened": opened,
     "modules": sorted(sys.modules),
     "impostors_untouched": all(sys.modules[n].NODE_CLASS_MAPPINGS == {} for n in ("nodes", "musetalk")),
@@ -65,10 +62,6 @@ def probe(tmp_path_factory):
         capture_output=True, text=True, timeout=120, cwd=str(custom_nodes))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_import_takes_under_a_second_beyond_torch(probe):
-    assert probe["seconds"] < 1.0
 
 
 def test_import_reads_no_weight_file(probe):

@@ -88,13 +88,15 @@ def test_candidates_match_official(frame0, golden):
     np.testing.assert_allclose(ours[:, 4], ref[:, 4], rtol=0, atol=SCORE_ATOL)
 
 
-def test_nms_matches_official_up_to_exact_score_ties(frame0, golden):
+def test_nms_keeps_the_official_set_in_score_order(frame0, golden):
     ours, ref = frame0.keep.numpy(), golden["nms_keep"]
-    assert sorted(ours) == sorted(ref)
-    # numpy's argsort is not stable, so candidates with exactly equal scores come in an arbitrary order (frame 0 has
-    # one such run of three); equal scores at every position means only such ties are swapped
+    assert sorted(ours) == sorted(ref)  # the same candidates survive
+    # the order is by score, highest first: by our own scores exactly, and by the official scores up to the scores'
+    # tolerance, because candidates whose scores differ by less than that (frame 0 has exact ties, and pairs a few
+    # 1e-7 apart whose order a different instruction set flips) may come in either order
+    assert (np.diff(frame0.candidates[ours, 4].numpy()) <= 0).all()
     scores = golden["raw_candidates"][:, 4]
-    np.testing.assert_array_equal(scores[ours], scores[ref])
+    np.testing.assert_allclose(scores[ours], scores[ref], rtol=0, atol=SCORE_ATOL)
     assert_same_rows(frame0.after_nms.numpy(), golden["after_nms"])
 
 

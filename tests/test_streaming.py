@@ -204,14 +204,33 @@ def test_background_writer_writes_in_order_and_reports_failures():
         writer.close()
 
 
+class StuckWriter(SlowWriter):
+    """Its first write hangs until `release` is set, as an encoder busy with a batch when the caller aborts."""
+
+    def __init__(self):
+        super().__init__()
+        self.busy, self.release = threading.Event(), threading.Event()
+
+    def write(self, frames):
+        if not self.batches:
+            self.busy.set()
+            self.release.wait()
+        self.batches.append(frames)
+
+
 def test_background_writer_abort_does_not_wait_for_queued_frames():
-    inner = SlowWriter()
+    inner = StuckWriter()
     writer = BackgroundWriter(inner, depth=3)
     for i in range(4):
-        writer.write([i])
-    started = time.monotonic()
-    writer.abort()
-    assert time.monotonic() - started < 0.5 and len(inner.batches) < 4 and not inner.closed
+        writer.write([i])  # the worker holds batch 0, three wait in the queue
+    assert inner.busy.wait(30)
+    aborting = threading.Thread(target=writer.abort)
+    aborting.start()
+    while not writer._stopping:  # abort has begun; the batch in hand may now finish
+        time.sleep(0.001)
+    inner.release.set()
+    aborting.join(30)
+    assert not aborting.is_alive() and inner.batches == [[0]] and not inner.closed
     assert not [t for t in threading.enumerate() if t.name == "musetalk-video-writer"]
     writer.abort()  # twice, or after close: nothing left to do
 
