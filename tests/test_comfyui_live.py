@@ -1,10 +1,11 @@
 """The pack inside a real ComfyUI (skipped unless COMFYUI_DIR and COMFYUI_PYTHON name an installed ComfyUI):
 
-    COMFYUI_DIR=/work/comfyui COMFYUI_PYTHON=/work/comfy-venv/bin/python \\
+    COMFYUI_DIR=/work/comfyui COMFYUI_PYTHON=/path/to/ComfyUI/venv/bin/python \\
         /work/venv/bin/python -m pytest -q tests/test_comfyui_live.py
 """
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -43,6 +44,16 @@ def loader_prompt(**inputs):
 def test_pack_imports_without_errors(server):
     assert server.import_failures() == []
     assert f"custom_nodes/{PACK_FOLDER}" in server.log_tail(100000)
+
+
+def test_comfyui_meets_the_packs_requires_comfyui(server):
+    """pyproject.toml's floor is a release the running ComfyUI is at or above, and it has the core video nodes."""
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        (floor,) = re.findall(r'^requires-comfyui = ">=([0-9.]+)"$', f.read(), re.M)
+    running = server.get("/system_stats")["system"]["comfyui_version"]
+    assert tuple(map(int, running.lstrip("v").split("."))) >= tuple(map(int, floor.split(".")))
+    info = server.object_info()
+    assert {"LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", "LoadAudio", "PreviewAny"} <= set(info)
 
 
 def test_object_info_lists_every_registered_node(server, pack):
