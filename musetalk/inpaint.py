@@ -136,10 +136,19 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
     return torch.cat(predicted)
 
 
+def unscale(latents, dtype):
+    """UNet output (latents times 0.18215) -> what the VAE decodes, float32 [B,4,32,32].
+
+    The official decode multiplies by 1/0.18215 (not a division, which rounds differently) in the VAE's dtype;
+    `dtype` is that dtype, so the product is rounded exactly once, as there, and float32 keeps it losslessly.
+    """
+    return ((1 / LATENT_SCALE) * latents.to(dtype)).to(torch.float32)
+
+
 @torch.no_grad()
 def decode_batch(vae, latents):
-    """Decode mouth latents [B,4,32,32] with a loaded VAE (ManagedModel): uint8 RGB [B,256,256,3] on its device."""
-    # the official order: multiply by 1/0.18215 (not a division, which rounds differently), then decode
-    image = vae.module.decode((1 / LATENT_SCALE) * latents.to(vae.device, vae.dtype)).sample
+    """Decode latents [B,4,32,32] as the VAE gives them (unscaled, see `unscale`) with a loaded VAE (ManagedModel):
+    uint8 RGB [B,256,256,3] on its device."""
+    image = vae.module.decode(latents.to(vae.device, vae.dtype)).sample
     image = (image / 2 + 0.5).clamp(0, 1).float()
     return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

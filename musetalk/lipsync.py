@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .blend import paste_faces
-from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents
+from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents, unscale
 
 @dataclass
 class SourceLatents:
@@ -127,12 +127,17 @@ def _digest(crops):
 
 
 def generate_latents(models, sources, tokens, source_index, batch_size=8):
-    """Mouth latents float32 [T,4,32,32] for audio tokens [T,50,384]; zeros where the source frame has no face."""
+    """Mouth latents float32 [T,4,32,32] for audio tokens [T,50,384]; zeros where the source frame has no face.
+
+    They are what the VAE decodes (`render_frames`, any SD-1.x VAE), i.e. the UNet's output times 1/0.18215,
+    multiplied as the official decode does it.
+    """
     samples = torch.zeros(len(source_index), 4, LATENT_SIZE, LATENT_SIZE, device=models.runtime.storage_device)
     active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None]
     if active:
         rows = [sources.rows[s] for s in source_index[active].tolist()]
-        samples[active] = inpaint_latents(models, sources.latents, tokens[active], rows, batch_size)
+        predicted = inpaint_latents(models, sources.latents, tokens[active], rows, batch_size)
+        samples[active] = unscale(predicted, models.runtime.compute_dtype("vae", models.precision))
     return samples
 
 
@@ -159,8 +164,3 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
             frames[active] = pasted
         progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
         yield frames
-
-
-def latent_output(samples, source_index, fps):
-    """The LATENT dict for ComfyUI: any SD-1.x VAE decodes `samples`; our keys let BlendAndDecode align frames."""
-    return {"samples": samples, "musetalk_source_index": source_index, "musetalk_fps": float(fps)}

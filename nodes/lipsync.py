@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
-from ..musetalk.lipsync import SourceLatents, generate_latents, latent_output, render_frames
+from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
 from ..musetalk.video import fit_audio
 from . import sockets
 from .images import to_image, to_uint8
@@ -11,7 +11,9 @@ from .images import to_image, to_uint8
 
 class LatentLipInpaint:
     DESCRIPTION = ("One MuseTalk UNet step per audio frame: the lower half of each face is repainted to match the "
-                   "speech. The LATENT holds one 32x32 latent per output frame (any SD-1.x VAE can decode it).")
+                   "speech. The LATENT holds one 32x32 latent per output frame in ComfyUI's convention (unscaled, "
+                   "as VAE Encode gives them): core VAE Decode with the sd-vae-ft-mse weights shows the generated "
+                   "256x256 faces.")
     CATEGORY = "MuseTalk"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -50,7 +52,8 @@ class BlendAndDecode:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": sockets.MODEL,
-            "latent": ("LATENT", {"tooltip": "From LatentLipInpaint."}),
+            "latent": ("LATENT", {"tooltip": "From LatentLipInpaint (or any 32x32 SD-1.x latents, unscaled as VAE "
+                                             "Encode gives them: one per output frame, in pingpong order)."}),
             "faces": sockets.FACES,
             "images": sockets.SOURCE_FRAMES,
             "batch_size": sockets.BATCH_SIZE,
@@ -71,6 +74,12 @@ class BlendAndDecode:
         output = torch.cat(list(render_frames(model, faces, samples, source_index, lambda idx: frames[idx],
                                               batch_size)))
         return to_image(output), _fit(audio, len(output), latent.get("musetalk_fps"))
+
+
+def latent_output(samples, source_index, fps):
+    """ComfyUI's LATENT: `samples` unscaled, as core VAE Encode gives them and VAE Decode reads them; our keys let
+    BlendAndDecode put each latent on its source frame and cut the audio."""
+    return {"samples": samples, "musetalk_source_index": source_index, "musetalk_fps": float(fps)}
 
 
 def _fit(audio, n_frames, fps):

@@ -94,7 +94,7 @@ def _decode(models, latents, batch_size):
 
 def test_decoded_faces_match_the_official_reconstruction(case):
     models, arrays, _ = case
-    faces = _decode(models, torch.from_numpy(arrays["pred_latents"]), 4)
+    faces = _decode(models, inpaint.unscale(torch.from_numpy(arrays["pred_latents"]), torch.float32), 4)
     assert faces.dtype == torch.uint8 and faces.shape == (4, 256, 256, 3)
     assert_faces_close(faces.numpy(), arrays["recon_bgr"][..., ::-1])
 
@@ -110,7 +110,7 @@ def test_results_do_not_depend_on_the_batch_size(models_dir):
     order = inpaint.cycle_indices(2, 3, "pingpong")
     predicted = {b: inpaint.inpaint_latents(models, sources[1], features, order, batch_size=b) for b in (1, 2)}
     torch.testing.assert_close(predicted[2], predicted[1], **TOLERANCE)  # batch 2 leaves a partial last batch
-    faces = {b: _decode(models, predicted[1], b).numpy() for b in (1, 2)}
+    faces = {b: _decode(models, inpaint.unscale(predicted[1], torch.float32), b).numpy() for b in (1, 2)}
     assert_faces_close(faces[2], faces[1])
 
 
@@ -282,7 +282,7 @@ def test_winograd_vae_stays_within_the_official_tolerance(case, models_dir):
     assert winograd.use_winograd(models.vae().module, min_channels=1) > 20
     latents = inpaint.encode_sources(models, rgb)
     torch.testing.assert_close(latents, torch.from_numpy(arrays["latents"]), **TOLERANCE)
-    faces = _decode(models, torch.from_numpy(arrays["pred_latents"]), 4)
+    faces = _decode(models, inpaint.unscale(torch.from_numpy(arrays["pred_latents"]), torch.float32), 4)
     assert_faces_close(faces.numpy(), arrays["recon_bgr"][..., ::-1])
 
 

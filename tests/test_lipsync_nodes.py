@@ -83,3 +83,58 @@ def test_cycle_once_stops_at_the_shorter_input(nodes):
     _, _, _, latent, frames, fitted = run_nodes(nodes, "v1.5", "jaw", cycle="once", batch_size=5)
     assert len(frames) == 12 and latent["musetalk_source_index"].tolist() == list(range(12))
     assert fitted["waveform"].shape[-1] == round(12 / 25 * 16000)
+
+
+# --- LATENT in ComfyUI's convention -------------------------------------------------------------------------------
+
+def comfy_vae_decode(vae, samples):
+    """What core VAE Decode does with a LATENT: decode `samples` as they are, then clamp((x + 1) / 2, 0, 1)."""
+    with torch.no_grad():
+        out = vae.module.decode(samples.to(vae.device, vae.dtype)).sample.float()
+    return torch.clamp((out + 1.0) / 2.0, min=0.0, max=1.0).permute(0, 2, 3, 1)
+
+
+def comfy_vae_encode(vae, images):
+    """What core VAE Encode does with an IMAGE: encode 2x - 1 and keep the posterior mean, unscaled."""
+    with torch.no_grad():
+        pixels = (images * 2.0 - 1.0).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
+        return vae.module.encode(pixels).latent_dist.mean.float()
+
+
+def test_core_vae_decode_shows_the_generated_faces(nodes):
+    """LatentLipInpaint's samples are unscaled: decoding them as they are gives BlendAndDecode's faces (1 LSB)."""
+    from musetalk.inpaint import decode_batch
+
+    _, _, _, latent, _, _ = run_nodes(nodes, "v1.5", "jaw")
+    (model,) = nodes["LoadMuseTalkModels"]().load("v1.5", "fp32")
+    vae = model.vae()
+    model.runtime.load(vae)
+    samples = latent["samples"][:6]
+    core = (comfy_vae_decode(vae, samples) * 255).round().to(torch.int16)
+    ours = decode_batch(vae, samples).to(torch.int16)  # what BlendAndDecode pastes
+    assert (core - ours).abs().max() <= 1
+    # a latent left scaled by 0.18215 would decode to another picture altogether
+    scaled = (comfy_vae_decode(vae, samples * 0.18215) * 255).round().to(torch.int16)
+    assert (scaled - ours).abs().max() > 8
+
+
+def test_blend_and_decode_reads_a_latent_from_core_vae_encode(nodes):
+    """A LATENT from VAE Encode (unscaled, no MuseTalk keys) is decoded as it is and pasted in pingpong order."""
+    from musetalk.blend import paste_faces
+
+    images, _, _, _, _, _ = run_nodes(nodes, "v1.5", "jaw")
+    (model,) = nodes["LoadMuseTalkModels"]().load("v1.5", "fp32")
+    inputs = fixture_inputs()
+    boxes = [None if i == NO_FACE else box.tolist() for i, box in enumerate(inputs["bboxes"])]
+    faces, crops, _, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, "jaw", 90, 90, json.dumps(boxes))
+    vae = model.vae()
+    model.runtime.load(vae)
+    samples = comfy_vae_encode(vae, crops[:4])
+    frames, _ = nodes["BlendAndDecode"]().blend(model, {"samples": samples}, faces, images, 4)
+    assert len(frames) == 4
+    decoded = (comfy_vae_decode(vae, samples) * 255).round().to(torch.uint8)
+    blends = [faces.blend[i] for i in range(4)]
+    expected = paste_faces((images[:4] * 255).round().to(torch.uint8), decoded, faces.paste_boxes[:4],
+                           [m for m, _ in blends], [b for _, b in blends])
+    diff = ((frames * 255).round().to(torch.int16) - expected.to(torch.int16)).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 0.01
