@@ -35,8 +35,8 @@ POSE_BOX_EXPAND = 2.0
 
 @dataclass
 class FaceSettings:
-    """The options a FaceTrack was built with; bbox_shift and extra_margin are the values applied (bbox_shift is 0
-    when boxes were given, extra_margin is 0 for v1.0)."""
+    """The options of `detect_and_parse`. A FaceTrack keeps the values applied: bbox_shift is 0 when boxes were
+    given, extra_margin is 0 for v1.0, boxes_given says whether they were."""
 
     bbox_shift: int = 0
     extra_margin: int = 10
@@ -162,23 +162,22 @@ class FaceTrack:
         return masks
 
 
-def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode="jaw", left_cheek_width=90,
-                     right_cheek_width=90, bboxes=None, face_select="first", smooth=0.0, crops_to=None):
+def detect_and_parse(models, frames, settings=None, bboxes=None, crops_to=None):
     """Find the face in every frame, crop the network inputs and build the blend masks.
 
     models: a MuseTalkModels (uses .version, .runtime, .face_detector(), .dwpose(), .face_parser()).
     frames: uint8 RGB [N,H,W,3] (numpy or torch); RGBA drops alpha, [N,H,W] / [N,H,W,1] grayscale is replicated.
         Or a `FrameReader`: the frames are then read a detector batch at a time, twice (detection, then crops and
         masks; once when `bboxes` are given), and never held all at once.
-    bbox_shift: px added to the nose-bridge point before the box top is mirrored from it (v1.0 semantics). The
-        official v1.5 scripts force 0 while its Gradio app passes the user's value; here it is always applied.
-    extra_margin: v1.5 only, px added below the chin.
+    settings: a FaceSettings (defaults when None). Its bbox_shift is added to the nose-bridge point before the
+        box top is mirrored from it (v1.0 semantics; the official v1.5 scripts force 0 while its Gradio app passes
+        the user's value; here it is always applied); extra_margin (v1.5 only) is added below the chin;
+        face_select is 'first' (official: the detector's best face + DWPose on the whole image), 'largest',
+        'left-most', 'right-most', 'index:N' or int N (N-th face from the left), the non-default choices running
+        DWPose inside the chosen face's box widened POSE_BOX_EXPAND times; smooth is the sigma in frames of a
+        centred Gaussian over the boxes of consecutive face frames (0 = official boxes); boxes_given is ignored.
     bboxes: per-frame [x1,y1,x2,y2] or None, used instead of detection (like the official saved coordinates);
         bbox_shift does not apply to them.
-    face_select: 'first' (official: the detector's best face + DWPose on the whole image), 'largest',
-        'left-most', 'right-most', 'index:N' or int N (N-th face from the left); the non-default choices run
-        DWPose inside the chosen face's box widened POSE_BOX_EXPAND times.
-    smooth: sigma in frames of a centred Gaussian over the boxes of consecutive face frames; 0 = official boxes.
     crops_to: None, or a function (frame indices, crops uint8 [n,256,256,3]) called with the crops of the frames
         that have a face, a batch at a time in frame order, instead of collecting every crop.
     Returns (FaceTrack, crops uint8 [N,256,256,3] RGB, black where a frame has no face; None with `crops_to`).
@@ -186,10 +185,11 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
     if not isinstance(frames, FrameReader):
         array = as_rgb_uint8(frames)
         frames = FrameReader(lambda start, stop: array[start:stop], len(array), array.shape[1:3])
+    settings = settings or FaceSettings()
     n_frames, (height, width) = frames.count, tuple(frames.size)
     version, runtime = models.version, models.runtime
-    kind, index = parse_face_select(face_select)
-    margin = extra_margin if version != "v1.0" else 0
+    kind, index = parse_face_select(settings.face_select)
+    margin = settings.extra_margin if version != "v1.0" else 0
     batch = frames_per_batch(height, width)
     starts = range(0, n_frames, batch)
     progress = runtime.progress(len(starts) * (1 if bboxes is not None else 2))
@@ -199,9 +199,9 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
         range_text = (f"Total frame:「{n_frames}」 face boxes come from the bboxes input: no detection ran, so "
                       f"bbox_shift was not applied and has no range.")
     else:
-        face_boxes, range_text = _detect_boxes(models, frames, bbox_shift, kind, index, batch, progress)
+        face_boxes, range_text = _detect_boxes(models, frames, settings.bbox_shift, kind, index, batch, progress)
 
-    face_boxes = smooth_boxes(face_boxes, smooth)
+    face_boxes = smooth_boxes(face_boxes, settings.smooth)
     paste_boxes = [paste_box(box, version, margin, height) for box in face_boxes]
     outside = [i for i, box in enumerate(paste_boxes) if box is not None and crop_is_empty((height, width), box)]
     if outside:
@@ -235,14 +235,15 @@ def detect_and_parse(models, frames, bbox_shift=0, extra_margin=10, parsing_mode
         chunk = read_frames(frames, start, stop)
         face_crops = np.stack([network_crop(chunk[i - start], paste_boxes[i]) for i in faces])
         crops_to(faces, face_crops)
-        blend.extend(blend_masks(parser, runtime, chunk, paste_boxes[start:stop], parsing_mode, left_cheek_width,
-                                 right_cheek_width))
+        blend.extend(blend_masks(parser, runtime, chunk, paste_boxes[start:stop], settings.parsing_mode,
+                                 settings.left_cheek_width, settings.right_cheek_width))
         progress.update(1, preview=face_crops[-1])
 
-    applied_shift = 0 if bboxes is not None else int(bbox_shift)
-    settings = FaceSettings(applied_shift, int(margin), parsing_mode, int(left_cheek_width),
-                            int(right_cheek_width), str(face_select), float(smooth), bboxes is not None)
-    track = FaceTrack((height, width), version, face_boxes, paste_boxes, blend, settings, range_text)
+    applied_shift = 0 if bboxes is not None else int(settings.bbox_shift)
+    applied = FaceSettings(applied_shift, int(margin), settings.parsing_mode, int(settings.left_cheek_width),
+                           int(settings.right_cheek_width), str(settings.face_select), float(settings.smooth),
+                           bboxes is not None)
+    track = FaceTrack((height, width), version, face_boxes, paste_boxes, blend, applied, range_text)
     return track, crops
 
 

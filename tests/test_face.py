@@ -15,7 +15,7 @@ from conftest import fixture, fixture_inputs, load_pack
 
 import musetalk.networks  # noqa: F401  (the stubs attach to this package)
 from musetalk import face as face_engine
-from musetalk.face import FaceTrack, as_rgb_uint8, detect_and_parse, frames_per_batch
+from musetalk.face import FaceSettings, FaceTrack, as_rgb_uint8, detect_and_parse, frames_per_batch
 from musetalk.face_boxes import (bbox_shift_range_text, landmark_box, network_crop, parse_bboxes, paste_box,
                                  smooth_boxes)
 from musetalk.runtime import ManagedModel, StandaloneRuntime
@@ -185,7 +185,7 @@ def test_landmark_box_matches_official(tag, shift):
 def test_detect_and_parse_boxes_match_official(stubs, tag, shift):
     arrays, sidecar = fixture("e_boxlogic")
     models = boxlogic_models(VERSIONS[tag])
-    track, crops = detect_and_parse(models, marked_frames(4), bbox_shift=SHIFTS[shift])
+    track, crops = detect_and_parse(models, marked_frames(4), FaceSettings(bbox_shift=SHIFTS[shift]))
     expected = [tuple(int(v) for v in row) for row in arrays[f"coords_{tag}_shift{shift}"]]
     assert [b if b is not None else (0, 0, 0, 0) for b in track.face_boxes] == expected
     assert track.bbox_shift_range == official_range_line(sidecar["runs"][f"{tag}_shift{shift}"]["stdout"])
@@ -267,7 +267,7 @@ def test_clip_through_bboxes_path(stubs):
 
 
 def test_v10_track_has_no_margin_and_clamped_top(stubs):
-    track, crops = detect_and_parse(boxlogic_models("v1.0"), marked_frames(4), bbox_shift=-7)
+    track, crops = detect_and_parse(boxlogic_models("v1.0"), marked_frames(4), FaceSettings(bbox_shift=-7))
     assert track.face_boxes[2] == (131, -21, 193, 81)  # the official v1.0 box
     assert track.paste_boxes[2] == (131, 0, 193, 81)  # our fix: crop and paste from the frame top
     assert track.settings.extra_margin == 0 and track.paste_boxes[0] == track.face_boxes[0]
@@ -311,7 +311,7 @@ def test_face_select(stubs, select, expected):
     # keypoints moved left of the image: the landmark box falls back to the chosen detector box, showing the choice
     keypoints = fixture("e_boxlogic")[0]["keypoints133"][3]
     models = StubModels(detections={0: THREE_FACES}, keypoints={0: keypoints})
-    track, _ = detect_and_parse(models, marked_frames(1), face_select=select)
+    track, _ = detect_and_parse(models, marked_frames(1), FaceSettings(face_select=select))
     if expected is None:
         assert track.has_face == [False] and "no face" in track.bbox_shift_range
         return
@@ -330,7 +330,7 @@ def test_face_select(stubs, select, expected):
 @pytest.mark.parametrize("bad", ["biggest", "index:x", "index:-1", -1, "index"])
 def test_face_select_rejects_unknown_values(stubs, bad):
     with pytest.raises(ValueError, match="face_select"):
-        detect_and_parse(StubModels(), marked_frames(1), face_select=bad)
+        detect_and_parse(StubModels(), marked_frames(1), FaceSettings(face_select=bad))
 
 
 def test_smoothing_off_keeps_boxes_identical(stubs):
@@ -338,7 +338,7 @@ def test_smoothing_off_keeps_boxes_identical(stubs):
     bboxes = [None if row[0] < 0 else tuple(row.tolist()) for row in inputs["bboxes"]]
     assert smooth_boxes(bboxes, 0) == bboxes
     frames = np.ascontiguousarray(inputs["frames_bgr"][..., ::-1])
-    track, _ = detect_and_parse(StubModels(), frames, bboxes=bboxes, smooth=0.0)
+    track, _ = detect_and_parse(StubModels(), frames, FaceSettings(smooth=0.0), bboxes=bboxes)
     assert track.face_boxes == bboxes
 
 
@@ -432,8 +432,9 @@ def test_progress_ticks_and_interrupt(stubs):
 
 def test_settings_and_parser_options_are_recorded(stubs):
     models = StubModels()
-    track, _ = detect_and_parse(models, marked_frames(1), parsing_mode="neck", left_cheek_width=60,
-                                right_cheek_width=120, bboxes=[[100, 100, 200, 220]], extra_margin=25, bbox_shift=5)
+    track, _ = detect_and_parse(models, marked_frames(1), FaceSettings(
+        parsing_mode="neck", left_cheek_width=60, right_cheek_width=120, extra_margin=25, bbox_shift=5),
+        bboxes=[[100, 100, 200, 220]])
     assert models.parser.calls == [(1, "neck", 60, 120)]
     assert track.paste_boxes == [(100, 100, 200, 245)]
     settings = track.settings
