@@ -36,7 +36,7 @@ from .measure import load_average, synchronize
 
 
 def prepare(models, folder, sources, seconds):
-    """Faces, source latents, frames and audio tokens of the generated clip, as a saved avatar would hold them."""
+    """Faces, source latents, frames and whisper features of the generated clip, as a saved avatar would hold them."""
     frames_dir, speech, boxes_file = write_clip(folder, sources, seconds)
     frames = np.stack([np.asarray(Image.open(os.path.join(frames_dir, f"{i}.png"))) for i in range(sources)])
     with open(boxes_file) as f:
@@ -44,24 +44,24 @@ def prepare(models, folder, sources, seconds):
     faces, crops = detect_and_parse(models, frames, bboxes=boxes)
     latents = lipsync.SourceLatents.encode(models, faces, crops)
     waveform, sample_rate = read_audio(speech)
-    tokens = extract_features(models, torch.from_numpy(waveform), sample_rate, 25.0).features
-    return faces, latents, torch.from_numpy(frames), tokens
+    features = extract_features(models, torch.from_numpy(waveform), sample_rate, 25.0)
+    return faces, latents, torch.from_numpy(frames), features
 
 
-def new_audio(models, faces, latents, frames, tokens, batch):
+def new_audio(models, faces, latents, frames, features, batch):
     """The work of one new audio on a prepared avatar; returns the number of output frames."""
-    index = cycle_indices(len(faces), len(tokens))
-    samples = lipsync.generate_latents(models, latents, tokens, index, batch)
+    index = cycle_indices(len(faces), features.frame_count)
+    samples = lipsync.generate_latents(models, latents, features, index, batch)
     produced = 0
     for out in lipsync.render_frames(models, faces, samples, index, lambda i: frames[i], batch):
         produced += len(out)
     return produced
 
 
-def timed_run(models, faces, latents, frames, tokens, batch):
+def timed_run(models, faces, latents, frames, features, batch):
     synchronize(models.runtime.device)
     start = time.perf_counter()
-    count = new_audio(models, faces, latents, frames, tokens, batch)
+    count = new_audio(models, faces, latents, frames, features, batch)
     synchronize(models.runtime.device)
     return count, time.perf_counter() - start
 
@@ -78,17 +78,17 @@ def main(argv=None):
     labels = ("UNet", "VAE decode", "paste on device")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        faces, latents, frames, tokens = prepare(models, folder, args.sources, args.seconds)
+        faces, latents, frames, features = prepare(models, folder, args.sources, args.seconds)
         for batch in (int(b) for b in args.batch.split(",")):
             wall = None
             if runtime.device.type == "cuda":
                 # the instrumented run synchronises around every stage, which stops the host from running ahead of
                 # the GPU; the frame rate comes from a plain run after a warm-up one (kernel choice, allocator)
-                new_audio(models, faces, latents, frames, tokens, batch)
+                new_audio(models, faces, latents, frames, features, batch)
                 torch.cuda.reset_peak_memory_stats()
-                wall = timed_run(models, faces, latents, frames, tokens, batch)[1]
+                wall = timed_run(models, faces, latents, frames, features, batch)[1]
             with instrumented(runtime.device, ()) as totals:
-                count, instrumented_wall = timed_run(models, faces, latents, frames, tokens, batch)
+                count, instrumented_wall = timed_run(models, faces, latents, frames, features, batch)
             cuda = torch.cuda.max_memory_allocated() / 2 ** 30 if runtime.device.type == "cuda" else None
             rows.append((batch, count, wall or instrumented_wall, instrumented_wall,
                          {label: totals[label][0] for label in labels}, cuda))

@@ -50,7 +50,7 @@ class WhisperFeatures:
         SILENCE_DBFS (-120) for digital silence and for v1.0's frames past the end of the audio.
     sample_rate: the rate the features were computed at (always 16000); duration: seconds of the input audio.
 
-    The UNet's tokens, 50*384 floats per video frame, are built from `hidden` when asked for (`features`, `window`):
+    The UNet's tokens, 50*384 floats per video frame, are built from `hidden` when asked for (`windows`, `window`):
     neighbouring windows share most encoder frames, so the encoder output is 5x smaller at 25 fps (23 MB against
     110 MB per minute), and a long clip's tokens need never exist all at once.
     """
@@ -76,6 +76,24 @@ class WhisperFeatures:
     def window(self, start, stop):
         """The tokens of frames start..stop-1: [stop-start,50,384] float32."""
         return gather_windows(self.hidden, self.index[start:stop])
+
+    def windows(self, frames):
+        """The tokens of the video frames `frames` (ints), built a slice at a time when asked for: `TokenWindows`."""
+        return TokenWindows(self.hidden, self.index[torch.as_tensor(frames, dtype=torch.long)])
+
+
+class TokenWindows:
+    """Audio tokens of some video frames, made only when sliced: `windows[a:b]` is [b-a,50,384] float32 and costs
+    b-a windows, whatever the clip's length; `len(windows)` is the number of frames."""
+
+    def __init__(self, hidden, index):
+        self._hidden, self._index = hidden, index
+
+    def __len__(self):
+        return len(self._index)
+
+    def __getitem__(self, frames):
+        return gather_windows(self._hidden, self._index[frames])
 
 
 def extract_features(models, waveform, sample_rate, fps):
@@ -322,9 +340,14 @@ def frame_index_v10(n_features, fps):
 
 
 def gather_windows(hidden, index):
-    """[N,5,384] and [T,10] index (-1 = zeros) -> [T,50,384] float32 (token = window slot * 5 + depth)."""
-    padded = torch.cat([hidden, torch.zeros_like(hidden[:1])])  # index -1 picks this zero row
-    return padded[index].reshape(len(index), TOKENS, TOKEN_DIM)
+    """[N,5,384] and [T,10] index (-1 = zeros) -> [T,50,384] float32 (token = window slot * 5 + depth).
+
+    Only the T*10 encoder frames asked for are copied, so the cost is the windows' size, not the clip's."""
+    if len(hidden) == 0:
+        return hidden.new_zeros(len(index), TOKENS, TOKEN_DIM)
+    tokens = hidden[index.clamp(min=0)]
+    tokens[index < 0] = 0
+    return tokens.reshape(len(index), TOKENS, TOKEN_DIM)
 
 
 def frame_loudness(audio, num_frames, fps):

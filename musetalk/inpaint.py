@@ -107,7 +107,8 @@ def audio_context(features, device, dtype):
 def inpaint_latents(models, source_latents, features, source_index, batch_size=8):
     """One UNet step per output frame: float32 [T,4,32,32] on the runtime's storage device.
 
-    `source_latents`: [N,8,32,32] from `encode_sources`; `features`: audio tokens [T,50,384]; `source_index`: [T]
+    `source_latents`: [N,8,32,32] from `encode_sources`; `features`: audio tokens [T,50,384] (a tensor, or
+    `audio.TokenWindows`, which builds each batch's tokens when it is sliced); `source_index`: [T]
     ints (see `cycle_indices`) picking the source latent of each output frame. No preview is shown here: a face
     picture would cost a VAE decode per batch; the blending stage shows one for free.
     """

@@ -350,3 +350,53 @@ def test_node_through_the_pack(models_dir, extracted):
     features, frame_count = getattr(node(), node.FUNCTION)(models, audio, 25.0)
     assert frame_count == features.frame_count == 37
     assert torch.equal(features.features, extracted("a_audio_v15_a44").features)
+
+
+def _elements_written(function):
+    """Elements of every tensor the torch operations inside `function()` produce (what they copy or compute)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor) and not func.__name__.startswith(("view", "_unsafe_view", "slice",
+                                                                                 "alias", "select", "reshape")):
+                    Count.total += t.numel()
+            return out
+
+    with Count():
+        function()
+    return Count.total
+
+
+@pytest.mark.parametrize("version", ["v1.5", "v1.0"])
+def test_building_a_batch_of_tokens_costs_the_batch_not_the_clip(version):
+    """A batch's tokens copy its own windows only: the same work for a 10 s clip and a 10 minute one."""
+    from musetalk.audio import WhisperFeatures, frame_index_v10, frame_index_v15
+
+    costs = []
+    for seconds in (10, 600):
+        hidden = torch.randn(seconds * 50, 5, 384)
+        index = frame_index_v15(seconds * 16000, len(hidden), 25.0) if version == "v1.5" \
+            else frame_index_v10(len(hidden), 25.0)
+        features = WhisperFeatures(hidden, index, 25.0, torch.zeros(len(index)), torch.zeros(len(index)), version,
+                                   16000, float(seconds))
+        windows = features.windows(list(range(len(index))))
+        tokens = windows[8:16]
+        assert torch.equal(tokens, features.window(8, 16)) and tokens.shape == (8, 50, 384)
+        costs.append((_elements_written(lambda: features.window(100, 108)),
+                      _elements_written(lambda: windows[100:108])))
+    assert costs[0] == costs[1] and max(costs[0]) < 4 * 8 * 50 * 384
+
+
+def test_windows_read_zeros_outside_the_audio():
+    from musetalk.audio import gather_windows
+
+    hidden = torch.arange(4 * 5 * 384, dtype=torch.float32).reshape(4, 5, 384) + 1
+    index = torch.tensor([[-1] * 4 + [0, 1, 2, 3, -1, -1]])
+    tokens = gather_windows(hidden, index).reshape(1, 10, 5, 384)
+    assert (tokens[0, :4] == 0).all() and (tokens[0, 8:] == 0).all()
+    assert torch.equal(tokens[0, 4:8], hidden)
