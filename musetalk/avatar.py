@@ -24,6 +24,7 @@ from .face import FaceSettings, FaceTrack, as_rgb_uint8
 from .inpaint import CROP_SIZE, crops_tensor
 from .lipsync import SourceLatents, encoder_key
 from .models import VERSIONS
+from .video import FrameSource
 from .weights import WeightsError
 
 FORMAT = "musetalk-avatar"
@@ -120,18 +121,20 @@ def save_avatar(avatar, path):
         raise
 
 
-def load_avatar(path, models=None):
+def load_avatar(path, models=None, mapped=False):
     """Read an avatar file written by `save_avatar`; raises AvatarError (what, where, fix) for anything else.
 
     With `models` the avatar must belong to `models.version`; when `models` encodes with the VAE (by name) and dtype
     the latents were made with, the stored latents stand in for encoding the crops (`SourceLatents.remember`);
     otherwise the first lip sync encodes the stored crops once again, which gives the latents of a fresh run.
+    `mapped`: the tensors are mapped from the file instead of read (`torch.load(mmap=True)`), so frames and crops
+    are only read where they are used (`AvatarFrames`, `avatar_sources`); nothing is remembered then.
     """
     if not os.path.isfile(path):
         raise AvatarError(path, "file not found", EXPECTED,
                           "save the avatar first with MuseTalk Save Avatar, or pick one that exists")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as error:  # torch raises many types for a damaged file
         raise AvatarError(path, f"cannot be read ({_reason(error)}); the file is damaged, truncated or not an "
                                 "avatar", EXPECTED, f"delete it and {PREPARE_AGAIN}") from error
@@ -155,11 +158,32 @@ def load_avatar(path, models=None):
     if models is not None:
         _, dtype, vae = current = encoder_key(models)
         if avatar.encoder == current:
-            avatar.sources.remember(models, avatar.faces, avatar.crops)
+            if not mapped:  # the digest would read every crop
+                avatar.sources.remember(models, avatar.faces, avatar.crops)
         else:
             log.info("MuseTalk: %s holds latents of VAE %s in %s, the model encodes with %s in %s; the crops are "
                      "encoded once again", path, avatar.vae, avatar.latent_dtype, vae, dtype)
     return avatar
+
+
+def avatar_sources(models, avatar):
+    """The source latents to lip-sync `avatar` with `models`: the stored ones when `models` encodes as they were
+    made (VAE and dtype), else the stored crops encoded once again."""
+    if avatar.encoder == encoder_key(models):
+        return avatar.sources
+    return SourceLatents.encode(models, avatar.faces, avatar.crops)
+
+
+class AvatarFrames(FrameSource):
+    """The frames of an avatar as a FrameSource: slices of its frames tensor (read from the file when they are
+    touched if the avatar was loaded `mapped`)."""
+
+    def __init__(self, path, avatar):
+        super().__init__(path, avatar.fps, len(avatar.frames), tuple(avatar.frames.shape[1:3]))
+        self._tensor = avatar.frames
+
+    def frames(self, start, stop):
+        return self._tensor[start:stop].numpy()
 
 
 def avatar_file_name(name):

@@ -126,8 +126,9 @@ def _digest(crops):
     return hashlib.sha256(memoryview(crops.cpu().contiguous().numpy()).cast("B")).hexdigest()
 
 
-def generate_latents(models, sources, tokens, source_index, batch_size=8):
-    """Mouth latents float32 [T,4,32,32] for audio tokens [T,50,384]; zeros where the source frame has no face.
+def generate_latents(models, sources, features, source_index, batch_size=8):
+    """Mouth latents float32 [T,4,32,32] for output frames 0..T-1 of `features` (WhisperFeatures, at least T
+    frames); zeros where the source frame has no face. Each batch's audio tokens are built when the UNet needs them.
 
     They are what the VAE decodes (`render_frames`, any SD-1.x VAE), i.e. the UNet's output times 1/0.18215,
     multiplied as the official decode does it.
@@ -136,7 +137,7 @@ def generate_latents(models, sources, tokens, source_index, batch_size=8):
     active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None]
     if active:
         rows = [sources.rows[s] for s in source_index[active].tolist()]
-        predicted = inpaint_latents(models, sources.latents, tokens[active], rows, batch_size)
+        predicted = inpaint_latents(models, sources.latents, features.windows(active), rows, batch_size)
         samples[active] = unscale(predicted, models.runtime.compute_dtype("vae", models.precision))
     return samples
 

@@ -1,6 +1,7 @@
-"""The whole lip-sync job of the command line: a video (or images) and a speech file in, an H.264/AAC mp4 out.
+"""The whole lip-sync job, frames and speech in, an H.264/AAC mp4 out: one engine loop with two callers, the command
+line (`lipsync`: files) and the ComfyUI node MuseTalkLipSyncVideo (`lipsync_stream`: any FrameSource).
 
-It runs the same stages as the ComfyUI nodes, in the same order, on the standalone runtime:
+It runs the same stages as the five ComfyUI nodes, in the same order and with the same functions:
 audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
 into the VAE) and again, in runs, to paste on; the UNet makes every mouth latent and is dropped, then the output
@@ -9,6 +10,7 @@ length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), sour
 encoder output (15 KB per output frame at 25 fps; each batch's tokens are built from it when the UNet needs them)
 and the mouth latents (16 KB per output frame).
 """
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -21,9 +23,10 @@ from .inpaint import cycle_indices
 from .lipsync import LatentStream, generate_latents, render_frames
 from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
 
-CHUNK_BATCHES = 8  # a progress line every batch_size * CHUNK_BATCHES frames
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
 WINDOW_BYTES = 128 * 2 ** 20
+
+log = logging.getLogger("musetalk")
 
 
 @dataclass
@@ -33,6 +36,17 @@ class LipSyncOptions:
     cycle: str = "pingpong"
     fps: float = 25.0  # for image and folder inputs; a video keeps its own rate
     bboxes: str = ""  # JSON: one [x1,y1,x2,y2] or null per frame, replacing detection (like saved coordinates)
+    # drop each network once its stage is done (the command line: one job per process); ComfyUI keeps them for the
+    # next run and lets its model management decide
+    release_networks: bool = True
+
+
+@dataclass
+class PreparedVideo:
+    """What the lip sync needs from the video besides its frames, when it was computed before (a saved avatar)."""
+
+    faces: object  # FaceTrack
+    sources: object  # SourceLatents
 
 
 def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print):
@@ -42,59 +56,92 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     """
     options = options or LipSyncOptions()
     source = open_frames(video, options.fps)
+    boxes = parse_bboxes(options.bboxes, source.count, source.size)
     waveform, sample_rate = read_audio(audio)
     log(f"{video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps; "
         f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
+    on_frames = None
+    if frames_dir:
+        os.makedirs(frames_dir, exist_ok=True)
+
+        def on_frames(first, batch):
+            _write_pngs(batch, frames_dir, first)
+    return lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes, on_frames=on_frames, log=log)
+
+
+def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepared=None, on_frames=None,
+                   log=log.info):
+    """The engine loop: lip-sync the frames of `source` (a video.FrameSource) to `speech`; writes `out` (mp4).
+
+    speech: (float32 [C,T] numpy in -1..1, sample rate). boxes: per-frame face boxes replacing detection (already
+    parsed, see `face_boxes.parse_bboxes`) or None. prepared: a PreparedVideo of `source` (face analysis and VAE
+    encoding are then skipped). on_frames(first, batch): called with every uint8 RGB batch [B,H,W,3] of the output
+    before it is encoded, `first` being its first frame's number. The output holds one frame per audio frame (per
+    `options.cycle`) and the speech cut to that length; after an error or an interrupt `out` does not exist.
+    Returns the number of frames written.
+    """
+    options = options or LipSyncOptions()
+    waveform, sample_rate = speech
     features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
-    models.release("whisper")
+    _release(models, options, "whisper")
 
     source_index = cycle_indices(source.count, features.frame_count, options.cycle)
     if not len(source_index):
-        raise ValueError(f"{audio}: the speech is shorter than one frame at {source.fps:g} fps; nothing to generate")
+        raise ValueError(f"the speech is shorter than one frame at {source.fps:g} fps; nothing to generate")
     # every cycle starts at frame 0, so the output uses a prefix of the source: frames past it (a long video under a
     # short speech) need no detection, parsing or encoding
     used = int(source_index.max()) + 1
-    boxes = parse_bboxes(options.bboxes, source.count, source.size)
-    face = options.face
-    latents = LatentStream(models, options.batch_size)
-    faces, _ = detect_and_parse(models, FrameReader(source.frames, used, source.size), face.bbox_shift,
-                                face.extra_margin, face.parsing_mode, face.left_cheek_width, face.right_cheek_width,
-                                boxes and boxes[:used], face.face_select, face.smooth, latents.add)
-    models.release("s3fd", "dwpose", "face_parsing")
-    log(faces.bbox_shift_range)
-    sources = latents.sources(faces)
+    if prepared is None:
+        prepared = _analyse(models, source, used, options, boxes)
+        log(prepared.faces.bbox_shift_range)
+    faces = prepared.faces
     log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
-        f"({sum(faces.has_face)} with a face)")
+        f"({sum(faces.has_face[:used])} with a face)")
 
     # All mouth latents first (16 KB per frame), then the UNet goes before anything is decoded: its fp32 weights
     # (3.2 GB) and the decoder's activations (1.7 GB at batch 8) never share the memory.
-    chunk = options.batch_size * CHUNK_BATCHES
-    samples = []
-    for start in range(0, len(source_index), chunk):
-        index = source_index[start:start + chunk]
-        samples.append(generate_latents(models, sources, features.window(start, start + len(index)), index,
-                                        options.batch_size))
-        log(f"  mouths {start + len(index)}/{len(source_index)}")
-    samples = torch.cat(samples)
+    samples = generate_latents(models, prepared.sources, features, source_index, options.batch_size)
     del features
-    models.release("unet")
+    _release(models, options, "unet")
 
-    if frames_dir:
-        os.makedirs(frames_dir, exist_ok=True)
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
+    finished = False
     try:
         for batch in render_frames(models, faces, samples, source_index, window, options.batch_size):
-            if frames_dir:
-                _write_pngs(batch.numpy(), frames_dir, writer.frames_written)
-            writer.write(batch.numpy())
-            if writer.frames_written % chunk < len(batch) or writer.frames_written == len(source_index):
-                log(f"  frames {writer.frames_written}/{len(source_index)}")
+            frames = batch.numpy()
+            if on_frames is not None:
+                on_frames(writer.frames_written, frames)
+            writer.write(frames)
         writer.close()
+        finished = True
     finally:
-        writer.abort()  # after an error or interrupt: stop the encoding thread (nothing to do after close)
+        if not finished:  # an error or an interrupt: stop the encoding thread and leave no half-written file
+            writer.abort()
+            _remove(out)
     return writer.frames_written
+
+
+def _analyse(models, source, used, options, boxes):
+    """Face track and source latents of frames 0..used-1 of `source`, read a detector batch at a time."""
+    latents = LatentStream(models, options.batch_size)
+    faces, _ = detect_and_parse(models, FrameReader(source.frames, used, source.size), options.face,
+                                boxes and boxes[:used], latents.add)
+    _release(models, options, "s3fd", "dwpose", "face_parsing")
+    return PreparedVideo(faces, latents.sources(faces))
+
+
+def _release(models, options, *components):
+    if options.release_networks:
+        models.release(*components)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _write_pngs(frames, folder, first):

@@ -5,6 +5,7 @@ unloads them on /free; stages call `load()` right before running, which goes thr
 """
 import logging
 import os
+import secrets
 
 import torch
 
@@ -69,6 +70,31 @@ def avatar_dir():
 def avatar_path(name):
     """The file of the avatar called `name` in `avatar_dir()`; ValueError for names that are not plain file names."""
     return os.path.join(avatar_dir(), avatar_file_name(name))
+
+
+def temp_video_path():
+    """A new file name for a finished video in ComfyUI's temp folder (which ComfyUI empties when it starts)."""
+    import folder_paths
+
+    folder = folder_paths.get_temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"musetalk_{secrets.token_hex(8)}.mp4")
+
+
+def video_from_file(path):
+    """The core VIDEO (VideoFromFile) of the video file at `path`."""
+    from comfy_api.latest import InputImpl
+
+    return InputImpl.VideoFromFile(path)
+
+
+def video_stream_source(video):
+    """The file name or BytesIO a core VIDEO reads from when it is a VideoFromFile (Load Video), else None."""
+    from comfy_api.latest import InputImpl
+
+    if isinstance(video, InputImpl.VideoFromFile):
+        return video.get_stream_source()
+    return None
 
 
 def current_runtime():

@@ -1,6 +1,6 @@
 """FaceDetectAndParse: face boxes, network crops and blend masks for a clip, computed once and reused per audio."""
 
-from ..musetalk.face import detect_and_parse
+from ..musetalk.face import FaceSettings, detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes
 from . import sockets
 from .images import to_image, to_uint8
@@ -68,10 +68,18 @@ class FaceDetectAndParse:
                bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
         frames = to_uint8(images)
         boxes = parse_bboxes(bboxes, frames.shape[0], tuple(frames.shape[1:3]))
-        select = face_index if face_select == "index" else face_select
-        faces, crops = detect_and_parse(model, frames, bbox_shift, extra_margin, parsing_mode, left_cheek_width,
-                                        right_cheek_width, boxes, select, smooth_boxes)
+        settings = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
+                                 face_select, face_index, smooth_boxes)
+        faces, crops = detect_and_parse(model, frames, settings, boxes)
         return faces, to_image(crops), faces.frame_masks(), faces.bbox_shift_range
+
+
+def face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width, face_select="first",
+                  face_index=0, smooth_boxes=0.0):
+    """The engine's FaceSettings from the inputs of FaceDetectAndParse (which MuseTalkLipSyncVideo shares)."""
+    select = f"index:{int(face_index)}" if face_select == "index" else face_select
+    return FaceSettings(int(bbox_shift), int(extra_margin), parsing_mode, int(left_cheek_width),
+                        int(right_cheek_width), select, float(smooth_boxes))
 
 
 NODE_CLASS_MAPPINGS = {"FaceDetectAndParse": FaceDetectAndParse}

@@ -35,8 +35,7 @@ class LatentLipInpaint:
     def inpaint(self, model, faces, crops, features, batch_size, cycle):
         sources = SourceLatents.encode(model, faces, to_uint8(crops), batch_size)
         source_index = cycle_indices(len(faces), features.frame_count, cycle)
-        tokens = features.window(0, len(source_index))
-        samples = generate_latents(model, sources, tokens, source_index, batch_size)
+        samples = generate_latents(model, sources, features, source_index, batch_size)
         return (latent_output(samples.cpu(), source_index, features.fps),)
 
 

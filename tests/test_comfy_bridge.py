@@ -16,7 +16,7 @@ _pack_names = itertools.count()
 
 
 def _is_fake_module(name):
-    return name in ("comfy", "folder_paths") or name.startswith("comfy.")
+    return name in ("comfy", "comfy_api", "folder_paths") or name.startswith(("comfy.", "comfy_api."))
 
 
 @pytest.fixture

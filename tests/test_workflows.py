@@ -45,9 +45,12 @@ def _load(path):
         return json.load(f)
 
 
-def test_the_three_workflows_are_shipped():
+def test_the_four_workflows_are_shipped():
     names = [os.path.basename(p) for p in WORKFLOWS]
-    assert names == ["musetalk_v10_lipsync.json", "musetalk_v15_lipsync.json", "musev_to_musetalk_v15.json"]
+    assert names == ["musetalk_v10_lipsync.json", "musetalk_v15_lipsync.json", "musetalk_v15_long_video.json",
+                     "musev_to_musetalk_v15.json"]
+    for path in WORKFLOWS:
+        assert os.path.isfile(path[:-len(".json")] + ".jpg"), f"{path} has no picture"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)

@@ -60,3 +60,12 @@ def get_full_path_or_raise(folder_name, filename):
     if full is None:
         raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
     return full
+
+
+def get_temp_directory():
+    calls.append(("get_temp_directory",))
+    return os.path.join(os.path.dirname(models_dir), "temp")
+
+
+def get_output_directory():
+    return os.path.join(os.path.dirname(models_dir), "output")

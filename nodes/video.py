@@ -1,0 +1,124 @@
+"""MuseTalkLipSyncVideo and MuseTalkAvatarLipSyncVideo: a core VIDEO (or a saved avatar) and speech in, a core VIDEO
+out, streamed through the engine loop of the command line, so memory stays flat in the video's length."""
+from ..musetalk.audio import check_waveform
+from ..musetalk.avatar import AvatarFrames, avatar_sources, list_avatars, load_avatar
+from ..musetalk.face_boxes import parse_bboxes
+from ..musetalk.pipeline import LipSyncOptions, PreparedVideo, lipsync_stream
+from ..musetalk.video import FrameSource, VideoFrames
+from . import comfy_runtime, sockets
+from .avatar import MuseTalkLoadAvatar
+from .face import FaceDetectAndParse, face_settings
+from .images import to_uint8
+from .lipsync import LatentLipInpaint
+
+OUTPUT_TIP = ("The lip-synced video with the speech as its sound, one frame per audio frame (per cycle), written to "
+              "ComfyUI's temp folder: connect Save Video to keep it.")
+
+
+class ImageBatchFrames(FrameSource):
+    """The frames of a ComfyUI IMAGE batch [N,H,W,C] (a VIDEO made of components), made uint8 a slice at a time."""
+
+    def __init__(self, images, fps):
+        super().__init__("the VIDEO input", float(fps), images.shape[0], tuple(images.shape[1:3]))
+        self._images = images
+
+    def frames(self, start, stop):
+        return to_uint8(self._images[start:stop]).numpy()
+
+
+def video_frames(video):
+    """The frames of a core VIDEO as a FrameSource: decoded from its file in runs, or sliced from its images."""
+    stream = comfy_runtime.video_stream_source(video)
+    if stream is not None:
+        return VideoFrames(stream)
+    components = video.get_components()
+    return ImageBatchFrames(components.images, components.frame_rate)
+
+
+def speech(audio):
+    """ComfyUI AUDIO (one clip) -> (float32 [C,T] numpy, sample rate), checked."""
+    return check_waveform(audio["waveform"], audio["sample_rate"])
+
+
+def lipsync_to_video(model, source, audio, options, boxes=None, prepared=None):
+    out = comfy_runtime.temp_video_path()
+    lipsync_stream(model, source, speech(audio), out, options, boxes, prepared)
+    return (comfy_runtime.video_from_file(out),)
+
+
+class MuseTalkLipSyncVideo:
+    DESCRIPTION = ("The whole lip sync in one node, for videos of any length: reads the video a batch of frames at a "
+                   "time, finds the faces, repaints the mouths to the speech and writes the result as a video file, "
+                   "so memory stays flat in the video's length. Its options are those of Face Detect And Parse and "
+                   "Latent Lip Inpaint, and its frames equal those of the five-node graph.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TIP,)
+    FUNCTION = "lipsync"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        face = FaceDetectAndParse.INPUT_TYPES()
+        required = {
+            "model": sockets.MODEL,
+            "video": ("VIDEO", {"tooltip": "The video to lip-sync (Load Video); its own sound is not used."}),
+            "audio": ("AUDIO", {"tooltip": "The speech."}),
+        }
+        required.update((name, spec) for name, spec in face["required"].items() if name not in ("model", "images"))
+        required["batch_size"] = sockets.BATCH_SIZE
+        required["cycle"] = LatentLipInpaint.INPUT_TYPES()["required"]["cycle"]
+        return {"required": required, "optional": face["optional"]}
+
+    def lipsync(self, model, video, audio, bbox_shift, extra_margin, parsing_mode, left_cheek_width,
+                right_cheek_width, batch_size, cycle, bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
+        source = video_frames(video)
+        boxes = parse_bboxes(bboxes, source.count, source.size)
+        face = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
+                             face_select, face_index, smooth_boxes)
+        options = LipSyncOptions(face, batch_size, cycle, release_networks=False)
+        return lipsync_to_video(model, source, audio, options, boxes)
+
+
+class MuseTalkAvatarLipSyncVideo:
+    DESCRIPTION = ("Lip-syncs a saved avatar (MuseTalk Save Avatar) to a new speech and writes a video file: only the "
+                   "UNet, the decode and the paste run, and the avatar's frames are read from its file a batch at a "
+                   "time, so memory stays flat in the avatar's length.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = (OUTPUT_TIP,)
+    FUNCTION = "lipsync"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MUSETALK_MODEL", {"tooltip": "Must be the MuseTalk version the avatar was saved with."}),
+            "avatar": (list_avatars(comfy_runtime.avatar_dir()), {"tooltip": "Avatars in <ComfyUI output>/musetalk/"
+                                                                             "avatars (refresh the page after saving "
+                                                                             "a new one)."}),
+            "audio": ("AUDIO", {"tooltip": "The new speech."}),
+            "batch_size": sockets.BATCH_SIZE,
+            "cycle": LatentLipInpaint.INPUT_TYPES()["required"]["cycle"],
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, avatar=None):
+        return MuseTalkLoadAvatar.VALIDATE_INPUTS(avatar)
+
+    @classmethod
+    def IS_CHANGED(cls, avatar=None, **_linked):
+        return MuseTalkLoadAvatar.IS_CHANGED(avatar)
+
+    def lipsync(self, model, avatar, audio, batch_size, cycle):
+        path = comfy_runtime.avatar_path(avatar)
+        loaded = load_avatar(path, model, mapped=True)
+        prepared = PreparedVideo(loaded.faces, avatar_sources(model, loaded))
+        options = LipSyncOptions(batch_size=batch_size, cycle=cycle, release_networks=False)
+        return lipsync_to_video(model, AvatarFrames(path, loaded), audio, options, prepared=prepared)
+
+
+NODE_CLASS_MAPPINGS = {"MuseTalkLipSyncVideo": MuseTalkLipSyncVideo,
+                       "MuseTalkAvatarLipSyncVideo": MuseTalkAvatarLipSyncVideo}
+NODE_DISPLAY_NAME_MAPPINGS = {"MuseTalkLipSyncVideo": "MuseTalk Lip Sync Video",
+                              "MuseTalkAvatarLipSyncVideo": "MuseTalk Avatar Lip Sync Video"}

@@ -1,0 +1,1 @@
+"""Fake comfy_api package (see ../README.md)."""
