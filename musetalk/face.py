@@ -119,7 +119,8 @@ class FaceTrack:
     paste_boxes: the region cropped for the network and replaced by the generated face (v1.5 adds extra_margin
         below the chin), None = no face: the frame passes through unchanged.
     blend: (mask uint8 [2s,2s], crop_box (x0,y0,x1,y1)) per face frame from the face parser, None otherwise; masks
-        stay crop-sized, `frame_masks` renders them at frame size. Given as a list, kept as `BlendMasks`.
+        stay crop-sized (a frame-sized mask per frame would be 8 MB of float32 at 1080p). Given as a list, kept
+        as `BlendMasks`.
     memo: what later stages derive from this track alone and keep with it, so that it lives exactly as long as the
         track (`SourceLatents.encode` keeps the VAE latents of the crops here). Never saved, never compared.
     """
@@ -143,23 +144,6 @@ class FaceTrack:
     @property
     def has_face(self):
         return [box is not None for box in self.paste_boxes]
-
-    def frame_masks(self, indices=None):
-        """Blend masks placed on the frame: float32 torch tensor [B,H,W] in 0..1 (zeros where there is no face)."""
-        indices = range(len(self)) if indices is None else indices
-        height, width = self.frame_size
-        masks = torch.zeros((len(indices), height, width), dtype=torch.float32)
-        for row, i in enumerate(indices):
-            if self.blend[i] is None:
-                continue
-            mask, (x0, y0, x1, y1) = self.blend[i]
-            # the crop box may reach past the frame (the official PIL crop pads there); keep the overlap
-            fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-            if fx1 <= fx0 or fy1 <= fy0:
-                continue
-            part = mask[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
-            masks[row, fy0:fy1, fx0:fx1] = torch.from_numpy(part.astype(np.float32) / 255.0)
-        return masks
 
 
 def detect_and_parse(models, frames, settings=None, bboxes=None, crops_to=None):

@@ -1,9 +1,12 @@
 """FaceDetectAndParse: face boxes, network crops and blend masks for a clip, computed once and reused per audio."""
 
-from ..musetalk.face import FaceSettings, detect_and_parse
+import numpy as np
+import torch
+
+from ..musetalk.face import FaceSettings, FrameReader, detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes
 from . import sockets
-from .images import to_image, to_uint8
+from .images import flat_frames, to_image, to_uint8
 
 BBOX_SHIFT_TIP = ("Moves the top of the face box (px). The box top is the nose bridge mirrored across the "
                   "bridge-to-chin distance; a positive value moves the bridge point down, so the box starts lower "
@@ -22,11 +25,11 @@ class FaceDetectAndParse:
     DESCRIPTION = ("Finds the face in every frame (S3FD + DWPose, the official box rule), crops the 256x256 network "
                    "input and builds the paste-back masks. Frames without a face pass through unchanged later.")
     CATEGORY = "MuseTalk"
-    RETURN_TYPES = ("MUSETALK_FACES", "IMAGE", "MASK", "STRING")
-    RETURN_NAMES = ("faces", "crops", "masks", "bbox_shift_range")
-    OUTPUT_TOOLTIPS = ("Per-frame boxes and masks for MuseTalk inference and paste-back.",
+    RETURN_TYPES = ("MUSETALK_FACES", "IMAGE", "STRING")
+    RETURN_NAMES = ("faces", "crops", "bbox_shift_range")
+    OUTPUT_TOOLTIPS = ("Per-frame boxes and masks for MuseTalk inference and paste-back (MuseTalk Face Masks shows "
+                       "the masks).",
                        "The 256x256 face crops the network sees (black where a frame has no face).",
-                       "The paste-back blend mask of every frame at frame size.",
                        "The bbox_shift range for this clip, as the official code prints it.")
     FUNCTION = "detect"
 
@@ -66,12 +69,53 @@ class FaceDetectAndParse:
 
     def detect(self, model, images, bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
-        frames = to_uint8(images)
-        boxes = parse_bboxes(bboxes, frames.shape[0], tuple(frames.shape[1:3]))
+        frames = image_frames(images)
+        boxes = parse_bboxes(bboxes, frames.count, frames.size)
         settings = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                                  face_select, face_index, smooth_boxes)
         faces, crops = detect_and_parse(model, frames, settings, boxes)
-        return faces, to_image(crops), faces.frame_masks(), faces.bbox_shift_range
+        return faces, to_image(crops), faces.bbox_shift_range
+
+
+class MuseTalkFaceMasks:
+    DESCRIPTION = ("The paste-back blend mask of every frame at frame size (0..1, zeros where a frame has no face), "
+                   "as Blend And Decode applies it. Built only here: the faces keep crop-sized masks.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("masks",)
+    FUNCTION = "masks"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"faces": sockets.FACES}}
+
+    def masks(self, faces):
+        return (frame_masks(faces),)
+
+
+def image_frames(images):
+    """A ComfyUI IMAGE batch as the engine's FrameReader: frames made uint8 a detector batch at a time, so that no
+    full-size copy of the clip is made beside ComfyUI's own IMAGE."""
+    images = flat_frames(images)
+    return FrameReader(lambda start, stop: to_uint8(images[start:stop]), images.shape[0], tuple(images.shape[1:3]))
+
+
+def frame_masks(faces, indices=None):
+    """The blend masks of a FaceTrack placed on the frame: MASK float32 [B,H,W] in 0..1 (zeros without a face)."""
+    indices = range(len(faces)) if indices is None else indices
+    height, width = faces.frame_size
+    masks = torch.zeros((len(indices), height, width), dtype=torch.float32)
+    for row, i in enumerate(indices):
+        if faces.blend[i] is None:
+            continue
+        mask, (x0, y0, x1, y1) = faces.blend[i]
+        # the crop box may reach past the frame (the official PIL crop pads there); keep the overlap
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if fx1 <= fx0 or fy1 <= fy0:
+            continue
+        part = mask[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+        masks[row, fy0:fy1, fx0:fx1] = torch.from_numpy(part.astype(np.float32) / 255.0)
+    return masks
 
 
 def face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width, face_select="first",
@@ -82,5 +126,6 @@ def face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, righ
                         int(right_cheek_width), select, float(smooth_boxes))
 
 
-NODE_CLASS_MAPPINGS = {"FaceDetectAndParse": FaceDetectAndParse}
-NODE_DISPLAY_NAME_MAPPINGS = {"FaceDetectAndParse": "MuseTalk Face Detect And Parse"}
+NODE_CLASS_MAPPINGS = {"FaceDetectAndParse": FaceDetectAndParse, "MuseTalkFaceMasks": MuseTalkFaceMasks}
+NODE_DISPLAY_NAME_MAPPINGS = {"FaceDetectAndParse": "MuseTalk Face Detect And Parse",
+                              "MuseTalkFaceMasks": "MuseTalk Face Masks"}

@@ -2,12 +2,16 @@
 import torch
 
 
+def flat_frames(images):
+    """IMAGE [B,H,W,C] as it is; a 5-D [N,T,H,W,C] video batch (some video generators return one) as N*T frames."""
+    return images.reshape(-1, *images.shape[2:]) if images.ndim == 5 else images
+
+
 def to_uint8(images, chunk=16):
     """IMAGE -> uint8 [B,H,W,C] (rounded), a few frames at a time so a long clip is never copied in float.
 
-    A 5-D [N,T,H,W,C] video batch (some video generators return one) is flattened into N*T frames."""
-    if images.ndim == 5:
-        images = images.reshape(-1, *images.shape[2:])
+    A 5-D [N,T,H,W,C] video batch is flattened into N*T frames (`flat_frames`)."""
+    images = flat_frames(images)
     frames = torch.empty(images.shape, dtype=torch.uint8)
     for start in range(0, images.shape[0], chunk):
         frames[start:start + chunk] = (images[start:start + chunk].clamp(0, 1) * 255).round()

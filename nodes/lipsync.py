@@ -6,7 +6,7 @@ from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
 from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
 from ..musetalk.video import fit_audio
 from . import sockets
-from .images import to_image, to_uint8
+from .images import flat_frames, to_image, to_uint8
 
 
 class LatentLipInpaint:
@@ -61,18 +61,24 @@ class BlendAndDecode:
         }}
 
     def blend(self, model, latent, faces, images, batch_size, audio=None):
-        frames = to_uint8(images)
-        if len(frames) != len(faces) or tuple(frames.shape[1:3]) != tuple(faces.frame_size):
-            raise ValueError(f"images are {len(frames)} frames of {tuple(frames.shape[1:3])} but faces were found in "
+        images = flat_frames(images)
+        if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
+            raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
                              f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
                              "into FaceDetectAndParse")
         samples = latent["samples"]
         source_index = latent.get("musetalk_source_index")
         if source_index is None:  # a LATENT from elsewhere: assume the official order
             source_index = cycle_indices(len(faces), len(samples), "pingpong")
-        output = torch.cat(list(render_frames(model, faces, samples, source_index, lambda idx: frames[idx],
-                                              batch_size)))
-        return to_image(output), _fit(audio, len(output), latent.get("musetalk_fps"))
+        # the output IMAGE is made once and filled a batch at a time: besides ComfyUI's IMAGE in and out, only a
+        # batch of frames exists at once
+        output = torch.empty((len(source_index), *images.shape[1:]), dtype=torch.float32)
+        done = 0
+        for batch in render_frames(model, faces, samples, source_index, lambda idx: to_uint8(images[idx]),
+                                   batch_size):
+            output[done:done + len(batch)] = to_image(batch)
+            done += len(batch)
+        return output, _fit(audio, len(output), latent.get("musetalk_fps"))
 
 
 def latent_output(samples, source_index, fps):

@@ -38,7 +38,7 @@ def chain(pack, models_dir, tmp_path_factory):
         images = torch.from_numpy(inputs["frames_bgr"][FRAMES, ..., ::-1].copy()).float() / 255
         boxes = [None if i == 5 else inputs["bboxes"][i].tolist() for i in FRAMES]
         (model,) = nodes["LoadMuseTalkModels"]().load("v1.5", "fp32")
-        faces, crops, _, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, "jaw", 90, 90,
+        faces, crops, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, "jaw", 90, 90,
                                                                   json.dumps(boxes))
         features = audio_features(engine, seed=0)
         latent, frames = lip_sync(nodes, model, faces, crops, images, features)

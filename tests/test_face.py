@@ -259,7 +259,7 @@ def test_clip_through_bboxes_path(stubs):
     # frame 5 has no face: flagged, black crop, no mask, kept in place so later frames stay aligned
     assert track.has_face == [i != 5 for i in range(12)]
     assert not crops[5].any() and track.blend[5] is None and track.paste_boxes[5] is None
-    masks = track.frame_masks()
+    masks = load_pack(name=PACK_NAME).nodes.face.frame_masks(track)
     assert masks.shape == (12, 384, 384) and masks.dtype == torch.float32
     assert not masks[5].any() and masks[0].max() == 1.0
     assert len(track) == 12 and track.paste_boxes[0] == (133, 44, 195, 142)
@@ -276,7 +276,7 @@ def test_v10_track_has_no_margin_and_clamped_top(stubs):
 def test_frame_masks_cut_crop_boxes_at_the_frame_edge():
     mask = np.arange(100, dtype=np.uint8).reshape(10, 10)
     track = FaceTrack((8, 8), "v1.5", [(0, 0, 4, 4)], [(0, 0, 4, 4)], [(mask, (-3, -2, 7, 8))], None, "")
-    rendered = track.frame_masks()[0]
+    rendered = load_pack(name=PACK_NAME).nodes.face.frame_masks(track)[0]
     assert torch.equal(rendered[:8, :7], torch.from_numpy(mask[2:10, 3:10].astype(np.float32) / 255))
     assert not rendered[:, 7:].any()
 
@@ -400,7 +400,7 @@ def test_tiny_frames_have_no_face_and_do_not_run_detectors(stubs):
     models = StubModels()
     track, crops = detect_and_parse(models, marked_frames(3, size=32))
     assert track.has_face == [False] * 3 and not crops.any() and models.requested == []
-    assert "no face" in track.bbox_shift_range and not track.frame_masks().any()
+    assert "no face" in track.bbox_shift_range and list(track.blend) == [None] * 3
 
 
 def test_no_face_anywhere_passes_frames_through(stubs):
@@ -417,7 +417,7 @@ def test_huge_frames_are_batched_one_by_one(stubs):
     models = StubModels()
     track, crops = detect_and_parse(models, frames, bboxes=[[1800, 800, 2100, 1200]] * 2)
     assert [c[0] for c in models.parser.calls] == [1, 1] and track.has_face == [True, True]
-    assert track.frame_masks([1]).shape == (1, 2160, 3840)
+    assert load_pack(name=PACK_NAME).nodes.face.frame_masks(track, [1]).shape == (1, 2160, 3840)
 
 
 def test_progress_ticks_and_interrupt(stubs):
@@ -464,14 +464,15 @@ def test_node_inputs(node_class):
         assert {k: required[side][1][k] for k in ("default", "min", "max", "step")} == \
             {"default": 90, "min": 20, "max": 160, "step": 5}
     assert optional["bboxes"][1]["multiline"] and optional["smooth_boxes"][1]["default"] == 0.0
-    assert node_class.RETURN_TYPES == ("MUSETALK_FACES", "IMAGE", "MASK", "STRING")
+    assert node_class.RETURN_TYPES == ("MUSETALK_FACES", "IMAGE", "STRING")
 
 
 def test_node_runs_on_comfy_images(node_class):
     inputs = fixture_inputs()
     images = torch.from_numpy(np.ascontiguousarray(inputs["frames_bgr"][..., ::-1])).float() / 255
     bboxes = "[" + ", ".join("null" if r[0] < 0 else str(r.tolist()) for r in inputs["bboxes"]) + "]"
-    faces, crops, masks, text = node_class().detect(StubModels(), images, 0, 10, "jaw", 90, 90, bboxes=bboxes)
+    faces, crops, text = node_class().detect(StubModels(), images, 0, 10, "jaw", 90, 90, bboxes=bboxes)
+    (masks,) = load_pack(name=PACK_NAME).NODE_CLASS_MAPPINGS["MuseTalkFaceMasks"]().masks(faces)
     assert type(faces).__name__ == "FaceTrack"  # the pack's own copy of the engine class
     assert crops.shape == (12, 256, 256, 3) and crops.dtype == torch.float32
     official = fixture("b_vae_unet_v15")[0]["crop_bgr"][..., ::-1]
@@ -499,7 +500,7 @@ def test_real_networks_smoke(models_dir):
     frames = np.ascontiguousarray(fixture_inputs()["frames_bgr"][:2, ..., ::-1])
     track, crops = detect_and_parse(models, frames)
     assert len(track) == 2 and crops.shape == (2, 256, 256, 3)
-    assert track.frame_masks().shape == (2, 384, 384)
+    assert len(track.blend) == 2
     track, crops = detect_and_parse(models, frames, bboxes=[[133, 44, 195, 132], None])
     assert track.has_face == [True, False] and track.blend[0][0].dtype == np.uint8
     # detection, landmarks and parsing ran: none of them brought in the OpenMMLab stack or onnxruntime

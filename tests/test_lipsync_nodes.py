@@ -29,8 +29,9 @@ def _run_nodes(nodes, version, parsing_mode, cycle, batch_size):
     boxes = [None if i == NO_FACE else box.tolist() for i, box in enumerate(inputs["bboxes"])]
     (model,) = nodes["LoadMuseTalkModels"]().load(version, "fp32")
     features, frame_count = nodes["AudioToWhisperFeatures"]().extract(model, audio, 25.0)
-    faces, crops, masks, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, parsing_mode, 90, 90,
+    faces, crops, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, parsing_mode, 90, 90,
                                                                   json.dumps(boxes))
+    (masks,) = nodes["MuseTalkFaceMasks"]().masks(faces)
     (latent,) = nodes["LatentLipInpaint"]().inpaint(model, faces, crops, features, batch_size, cycle)
     frames, fitted = nodes["BlendAndDecode"]().blend(model, latent, faces, images, batch_size, audio)
     return images, frame_count, masks, latent, frames, fitted
@@ -126,7 +127,7 @@ def test_blend_and_decode_reads_a_latent_from_core_vae_encode(nodes):
     (model,) = nodes["LoadMuseTalkModels"]().load("v1.5", "fp32")
     inputs = fixture_inputs()
     boxes = [None if i == NO_FACE else box.tolist() for i, box in enumerate(inputs["bboxes"])]
-    faces, crops, _, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, "jaw", 90, 90, json.dumps(boxes))
+    faces, crops, _ = nodes["FaceDetectAndParse"]().detect(model, images, 0, 10, "jaw", 90, 90, json.dumps(boxes))
     vae = model.vae()
     model.runtime.load(vae)
     samples = comfy_vae_encode(vae, crops[:4])

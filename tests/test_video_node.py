@@ -34,7 +34,7 @@ def setup(comfy, pack, models_dir):  # noqa: F811
 def five_nodes(pack, model, images, audio, bboxes, batch_size=4):
     nodes = pack.NODE_CLASS_MAPPINGS
     features, _ = nodes["AudioToWhisperFeatures"]().extract(model, audio, 25.0)
-    faces, crops, _, _ = nodes["FaceDetectAndParse"]().detect(model, images, *OPTIONS.values(), bboxes)
+    faces, crops, _ = nodes["FaceDetectAndParse"]().detect(model, images, *OPTIONS.values(), bboxes)
     (latent,) = nodes["LatentLipInpaint"]().inpaint(model, faces, crops, features, batch_size, "pingpong")
     frames, _ = nodes["BlendAndDecode"]().blend(model, latent, faces, images, batch_size)
     return (frames * 255).round().to(torch.uint8).numpy(), faces, crops
