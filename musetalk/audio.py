@@ -170,7 +170,7 @@ def check_fps(fps):
     fps = float(fps)
     if not 0 < fps <= MAX_FPS:  # also rejects NaN
         raise ValueError(f"fps: {fps} is not a video frame rate; it must be above 0 and at most {MAX_FPS:g} "
-                         "(wire the frame rate from the video's GetVideoComponents)")
+                         "(give the video's own frame rate)")
     return fps
 
 

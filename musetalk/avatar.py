@@ -78,12 +78,11 @@ def prepare_avatar(models, faces, crops, frames, fps):
     """
     if faces.version != models.version:
         raise ValueError(f"the faces were found for MuseTalk {faces.version} but the model is MuseTalk "
-                         f"{models.version}: use the same MuseTalk Load Models node for both")
+                         f"{models.version}: use the same models for both")
     frames = as_rgb_uint8(frames)
     if len(frames) != len(faces) or tuple(frames.shape[1:3]) != tuple(faces.frame_size):
         raise ValueError(f"images are {len(frames)} frames of {tuple(frames.shape[1:3])} but faces were found in "
-                         f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went into "
-                         "FaceDetectAndParse")
+                         f"{len(faces)} frames of {tuple(faces.frame_size)}: give the frames the faces were found in")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}: give the video's frame rate")
     sources = SourceLatents.encode(models, faces, crops)

@@ -294,7 +294,7 @@ def as_rgb_uint8(frames):
         frames = frames.detach().cpu().numpy()
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
-        raise TypeError(f"frames must be uint8 (0..255), got {frames.dtype}; convert ComfyUI IMAGE floats with "
+        raise TypeError(f"frames must be uint8 (0..255), got {frames.dtype}; convert float images in 0..1 with "
                         f"round(x * 255)")
     if frames.ndim == 3:
         frames = frames[..., None]

@@ -34,8 +34,8 @@ class SourceLatents:
         key and the digest hold; different crops or another VAE file or dtype simply miss.
         """
         if len(crops) != len(faces):
-            raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
-                             "outputs of the same FaceDetectAndParse node")
+            raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: give the crops made with "
+                             "these faces")
         crops = crops_tensor(crops)
         key, digest = _memo_key(models), _digest(crops)
         kept = faces.memo.get(key)

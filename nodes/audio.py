@@ -1,5 +1,5 @@
 """AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
-from ..musetalk.audio import extract_features
+from ..musetalk.audio import check_fps, extract_features
 from . import sockets
 
 
@@ -21,6 +21,10 @@ class AudioToWhisperFeatures:
         }}
 
     def extract(self, model, audio, fps):
+        try:
+            check_fps(fps)
+        except ValueError as error:
+            raise ValueError(f"{error}: wire the fps output of the video's Get Video Components") from None
         features = extract_features(model, audio["waveform"], audio["sample_rate"], fps)
         return (features, features.frame_count)
 

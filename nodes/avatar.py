@@ -40,6 +40,13 @@ class MuseTalkSaveAvatar:
         return _name_problem(name) or True
 
     def save(self, model, faces, crops, images, fps, name):
+        if faces.version != model.version:
+            raise ValueError(f"the faces were found for MuseTalk {faces.version} but the model is MuseTalk "
+                             f"{model.version}: use the same MuseTalk Load Models node for both")
+        if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
+            raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
+                             f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
+                             "into FaceDetectAndParse")
         path = comfy_runtime.avatar_path(name)
         avatar = prepare_avatar(model, faces, to_uint8(crops), to_uint8(images), fps)
         save_avatar(avatar, path)

@@ -33,6 +33,9 @@ class LatentLipInpaint:
         }}
 
     def inpaint(self, model, faces, crops, features, batch_size, cycle):
+        if len(crops) != len(faces):
+            raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
+                             "outputs of the same FaceDetectAndParse node")
         sources = SourceLatents.encode(model, faces, to_uint8(crops), batch_size)
         source_index = cycle_indices(len(faces), features.frame_count, cycle)
         samples = generate_latents(model, sources, features, source_index, batch_size)
