@@ -137,6 +137,9 @@ def test_a_saved_avatar_drives_the_video_node_from_its_file(setup, tmp_path):
     pack.nodes.avatar.MuseTalkSaveAvatar().save(model, faces, crops, images, 25.0, "anna")
     path = pack.nodes.comfy_runtime.avatar_path("anna")
     loaded = pack.musetalk.avatar.load_avatar(path, model, mapped=True)
+    if os.path.exists("/proc/self/maps"):  # Linux: the frames are a mapping of the file, read only where touched
+        with open("/proc/self/maps") as f:
+            assert os.path.realpath(path) in f.read()
     prepared = pack.musetalk.pipeline.PreparedVideo(loaded.faces, pack.musetalk.avatar.avatar_sources(model, loaded))
     source = pack.musetalk.avatar.AvatarFrames(path, loaded)
     assert np.array_equal(engine_frames(pack, model, source, audio, None, str(tmp_path / "a.mp4"),
