@@ -69,7 +69,7 @@ def measure(args, path, seconds, models, work):
         f.write(f"musetalk_bench:\n    musetalk: {models}\n")
     output = os.path.join(folder, "output")
     os.makedirs(os.path.join(folder, "input"), exist_ok=True)
-    server = ComfyServer(args.comfyui, args.python, startup_timeout=600,
+    server = ComfyServer(args.comfyui, args.python, startup_timeout=1800,
                          extra_args=["--extra-model-paths-config", config, "--input-directory",
                                      os.path.join(folder, "input"), "--output-directory", output])
     with server:
