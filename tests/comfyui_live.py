@@ -213,8 +213,11 @@ class ComfyServer:
         os.mkdir(custom_nodes)
         os.symlink(REPO, os.path.join(custom_nodes, PACK_FOLDER), target_is_directory=True)
         command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--disable-auto-launch", "--base-directory", self._base.name,
-                   "--database-url", "sqlite:///:memory:"] + self.extra_args
+                   "--disable-auto-launch", "--base-directory", self._base.name]
+        with open(os.path.join(self.comfy_dir, "comfy", "cli_args.py")) as f:
+            if "--database-url" in f.read():  # releases before 0.3.41 keep no database
+                command += ["--database-url", "sqlite:///:memory:"]
+        command += self.extra_args
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
