@@ -8,8 +8,9 @@ import json
 import math
 from typing import NamedTuple
 
-import cv2
 import numpy as np
+
+from .opencv import load_cv2
 
 CROP_SIZE = 256  # the network's input size
 FACE_POINTS = slice(23, 91)  # the 68 face points inside COCO-WholeBody's 133 keypoints
@@ -104,6 +105,7 @@ def network_crop(frame, box):
     """
     x1, y1, x2, y2 = box
     crop = frame[y1:y2, x1:x2]
+    cv2 = load_cv2()
     return cv2.resize(crop, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LANCZOS4)
 
 

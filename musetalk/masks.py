@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .opencv import load_cv2
+
 #: "jaw", "raw", "neck": the v1.5 code (HEAD). "v1.0": the original v1.0 release (labels 1..13, expand 1.2).
 PARSING_MODES = ("jaw", "raw", "neck", "v1.0")
 #: crop box side = expand * the longer side of the face box
@@ -116,7 +118,7 @@ def _cheek_bands(left_cheek_width, right_cheek_width):
 
 
 def _jaw_region(labels512, left_cheek_width, right_cheek_width):
-    import cv2
+    cv2 = load_cv2()
 
     skin = np.where(labels512 == SKIN, 255, 0).astype(np.uint8)
     dilated = cv2.dilate(skin, _jaw_dilation_kernel(), iterations=1)
@@ -158,7 +160,7 @@ def blend_mask(mask512, face_box, mode, blur_ratio=None):
     Returns (mask uint8 [2s,2s], crop_box [x1, y1, x2, y2]): the region resized to the crop (PIL bicubic), kept only
     inside the face box, zeroed above the crop's centre line and Gaussian-blurred.
     """
-    import cv2
+    cv2 = load_cv2()
 
     check_mode(mode)
     x1, y1, x2, y2 = (int(v) for v in face_box)

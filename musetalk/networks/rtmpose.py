@@ -8,13 +8,15 @@ so that the file loads strictly. MuseTalk only uses the 68 face points 23..90 of
 """
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..opencv import load_cv2
 from ..weights import load_strict, read_state_dict, strip_prefix
+
+cv2 = load_cv2()  # this module is imported where the pose model is first loaded
 
 NUM_KEYPOINTS = 133
 INPUT_SIZE = (288, 384)  # (width, height) of the crop the network sees
