@@ -4,6 +4,7 @@ Each command is a `_add_<name>(commands)` function in COMMANDS that adds its sub
 (lipsync, ...) is one more such function. Exit status: 0 success, 1 failure with a message on stderr.
 """
 import argparse
+import os
 import sys
 
 from .download import DownloadError, download, verify
@@ -97,26 +98,38 @@ def _add_lipsync(commands):
 
 def _run_lipsync(args):
     from .face import FaceSettings
-    from .pipeline import LipSyncOptions, lipsync
-    from .runtime import StandaloneRuntime
+    from .pipeline import LipSyncOptions, check_lipsync_outputs, lipsync
+    from .runtime import StandaloneRuntime, check_device
 
+    # everything that can be checked without the networks is, before any download or network runs
+    check_lipsync_outputs(args.out, args.frames_dir, args.video, args.audio)
+    device = check_device(args.device) if args.device else None
+    bboxes = _read_bboxes_file(args.bboxes) if args.bboxes else ""
+    if args.models and not os.path.isdir(args.models):
+        raise ValueError(f"--models {args.models}: no such folder\n  fix: correct the path, or create the folder and "
+                         f"fill it with `python -m musetalk download --version {args.version} --to {args.models}`")
     root = standalone_models_dir(args.models)
     files = ModelFiles([root])
     missing = files.missing(args.version)
     if missing:
         print(f"MuseTalk {args.version} weights are missing in {root} ({', '.join(missing)}): downloading them")
         download(args.version, root)
-    bboxes = ""
-    if args.bboxes:
-        with open(args.bboxes) as f:
-            bboxes = f.read()
     face = FaceSettings(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,
                         args.right_cheek_width, args.face_select, args.smooth_boxes)
-    options = LipSyncOptions(face, args.batch_size, args.cycle, args.fps, bboxes)
-    models = MuseTalkModels(args.version, files, StandaloneRuntime(args.device), args.precision)
+    options = LipSyncOptions(face, args.batch_size, args.cycle, args.fps, bboxes, f"--bboxes {args.bboxes}")
+    models = MuseTalkModels(args.version, files, StandaloneRuntime(device, report=print), args.precision)
     count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir)
     print(f"wrote {args.out}: {count} frames")
     return 0
+
+
+def _read_bboxes_file(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as error:
+        raise ValueError(f"--bboxes {path}: the boxes file cannot be read ({error.strerror or error})\n"
+                         "  fix: give the path of a JSON file with one [x1, y1, x2, y2] or null per frame") from error
 
 
 COMMANDS = (_add_lipsync, _add_download, _add_check)

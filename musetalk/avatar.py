@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import pickle
-import secrets
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from .face import FaceSettings, FaceTrack, as_rgb_uint8
 from .inpaint import CROP_SIZE, crops_tensor
 from .lipsync import SourceLatents, encoder_key
 from .models import VERSIONS
+from .outputs import atomic_file
 from .video import FrameSource
 from .weights import WeightsError
 
@@ -101,23 +101,14 @@ def save_avatar(avatar, path):
             "faces": _track_data(avatar.faces),
             "crops": avatar.crops.cpu().contiguous(), "frames": avatar.frames.cpu().contiguous(),
             "latents": avatar.sources.latents.cpu()}
-    folder, name = os.path.split(os.path.abspath(path))
-    temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(temp, "xb") as f:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_file(path) as temp, open(temp, "xb") as f:
             torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
     except (OSError, RuntimeError) as error:  # torch's zip writer reports a failed write as RuntimeError
-        _remove(temp)
         raise AvatarError(path, f"cannot be written ({type(error).__name__}: {error})", EXPECTED,
                           "free disk space (an avatar takes about 7 MB per 1080p frame) or save it to a folder you "
                           "can write to") from error
-    except BaseException:
-        _remove(temp)
-        raise
 
 
 def load_avatar(path, models=None, mapped=False):
@@ -292,10 +283,3 @@ def _reason(error):
         return "it does not load as plain tensors and values"
     first_line = (str(error).splitlines() or [""])[0]
     return f"{type(error).__name__}: {first_line[:200]}"
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass

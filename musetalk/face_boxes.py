@@ -187,40 +187,41 @@ def _face_runs(boxes):
             start = None
 
 
-def parse_bboxes(text, n_frames, frame_size=None):
+def parse_bboxes(text, n_frames, frame_size=None, name="bboxes"):
     """Face boxes from JSON text: one [x1,y1,x2,y2] (or null = no face) per frame -> list, or None for empty text.
 
     A single [x1,y1,x2,y2] is used for every frame. The official placeholders [0,0,0,0] and [-1,-1,-1,-1] also mean
     no face, so saved official coordinates can be pasted in. `frame_size` (H, W) enables the on-frame check.
-    Raises ValueError naming the entry, what is wrong and how to fix it.
+    Raises ValueError naming the entry, what is wrong and how to fix it; `name` is what the messages call the boxes
+    (the command line says which file).
     """
     if text is None or not str(text).strip():
         return None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"bboxes is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+        raise ValueError(f"{name} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
                          f"write a list with one [x1, y1, x2, y2] or null per frame, e.g. "
                          f"[[133, 44, 195, 132], null]") from None
     if isinstance(data, list) and len(data) == 4 and all(_is_number(v) for v in data):
         data = [data] * n_frames
     if not isinstance(data, list):
-        raise ValueError(f"bboxes must be a JSON list with one [x1, y1, x2, y2] or null per frame, "
+        raise ValueError(f"{name} must be a JSON list with one [x1, y1, x2, y2] or null per frame, "
                          f"got a {type(data).__name__}")
-    return check_bboxes(data, n_frames, frame_size)
+    return check_bboxes(data, n_frames, frame_size, name)
 
 
-def check_bboxes(bboxes, n_frames, frame_size=None):
+def check_bboxes(bboxes, n_frames, frame_size=None, name="bboxes"):
     """Validate per-frame boxes (sequences of 4 numbers or None) -> list of int tuples or None."""
     if len(bboxes) != n_frames:
-        raise ValueError(f"bboxes has {len(bboxes)} entries but the images have {n_frames} frames: give exactly one "
-                         f"[x1, y1, x2, y2] (or null for a frame without a face) per frame, or leave bboxes empty "
-                         f"to detect faces")
-    return [_check_box(entry, i, frame_size) for i, entry in enumerate(bboxes)]
+        raise ValueError(f"{name} has {len(bboxes)} entries but the images have {n_frames} frames: give exactly one "
+                         f"[x1, y1, x2, y2] (or null for a frame without a face) per frame, or one box for all "
+                         f"frames, or give no boxes to detect faces")
+    return [_check_box(entry, i, frame_size, name) for i, entry in enumerate(bboxes)]
 
 
-def _check_box(entry, i, frame_size):
-    where = f"bboxes entry {i} (frame {i})"
+def _check_box(entry, i, frame_size, name):
+    where = f"{name} entry {i} (frame {i})"
     if entry is None:
         return None
     entry = entry.tolist() if isinstance(entry, np.ndarray) else entry

@@ -21,6 +21,7 @@ from .face import FaceSettings, FrameReader, detect_and_parse
 from .face_boxes import parse_bboxes
 from .inpaint import cycle_indices
 from .lipsync import LatentStream, generate_latents, render_frames
+from .outputs import PendingFolder, check_output_folder, check_video_output
 from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
 
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
@@ -36,6 +37,7 @@ class LipSyncOptions:
     cycle: str = "pingpong"
     fps: float = 25.0  # for image and folder inputs; a video keeps its own rate
     bboxes: str = ""  # JSON: one [x1,y1,x2,y2] or null per frame, replacing detection (like saved coordinates)
+    bboxes_name: str = "bboxes"  # what error messages call the boxes (the command line: "--bboxes FILE")
     # drop each network once its stage is done (the command line: one job per process); ComfyUI keeps them for the
     # next run and lets its model management decide
     release_networks: bool = True
@@ -55,18 +57,30 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     Returns the number of frames written: floor(seconds * fps) for v1.5 (per `options.cycle`).
     """
     options = options or LipSyncOptions()
+    check_lipsync_outputs(out, frames_dir, video, audio)
     source = open_frames(video, options.fps)
-    boxes = parse_bboxes(options.bboxes, source.count, source.size)
+    boxes = parse_bboxes(options.bboxes, source.count, source.size, options.bboxes_name)
     waveform, sample_rate = read_audio(audio)
     log(f"{video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps; "
         f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
-    on_frames = None
-    if frames_dir:
-        os.makedirs(frames_dir, exist_ok=True)
+    if not frames_dir:
+        return lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes, log=log)
+    # the PNGs go to a temporary folder beside frames_dir that replaces it once the video is whole (outputs.py)
+    pngs = PendingFolder(frames_dir)
+    try:
+        count = lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes,
+                               on_frames=lambda first, batch: _write_pngs(batch, pngs.temp, first), log=log)
+        pngs.commit()
+    finally:
+        pngs.discard()
+    return count
 
-        def on_frames(first, batch):
-            _write_pngs(batch, frames_dir, first)
-    return lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes, on_frames=on_frames, log=log)
+
+def check_lipsync_outputs(out, frames_dir, video, audio):
+    """Refuse, before any work, outputs that could not be written or would overwrite `video` or `audio`."""
+    check_video_output(out, (video, audio))
+    if frames_dir:
+        check_output_folder(frames_dir, (video, audio, out))
 
 
 def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepared=None, on_frames=None,
@@ -77,11 +91,13 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     parsed, see `face_boxes.parse_bboxes`) or None. prepared: a PreparedVideo of `source` (face analysis and VAE
     encoding are then skipped). on_frames(first, batch): called with every uint8 RGB batch [B,H,W,3] of the output
     before it is encoded, `first` being its first frame's number. The output holds one frame per audio frame (per
-    `options.cycle`) and the speech cut to that length; after an error or an interrupt `out` does not exist.
+    `options.cycle`) and the speech cut to that length. It is written under a temporary name and renamed when
+    whole: after an error or an interrupt an earlier `out` is kept as it was and nothing is left behind.
     Returns the number of frames written.
     """
     options = options or LipSyncOptions()
     waveform, sample_rate = speech
+    log("audio features (whisper)")
     features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
     _release(models, options, "whisper")
 
@@ -92,6 +108,8 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     # short speech) need no detection, parsing or encoding
     used = int(source_index.max()) + 1
     if prepared is None:
+        log(f"faces of source frames 0..{used - 1}: {'crops' if boxes else 'detection, crops'}, masks and VAE "
+            "encoding")
         prepared = _analyse(models, source, used, options, boxes)
         log(prepared.faces.bbox_shift_range)
     faces = prepared.faces
@@ -107,7 +125,7 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
-    finished = False
+    log(f"frames: decoding, pasting and writing {len(source_index)}")
     try:
         for batch in render_frames(models, faces, samples, source_index, window, options.batch_size):
             frames = batch.numpy()
@@ -115,11 +133,8 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
                 on_frames(writer.frames_written, frames)
             writer.write(frames)
         writer.close()
-        finished = True
     finally:
-        if not finished:  # an error or an interrupt: stop the encoding thread and leave no half-written file
-            writer.abort()
-            _remove(out)
+        writer.abort()  # after an error or interrupt: stop the encoding thread, delete the unfinished file
     return writer.frames_written
 
 
@@ -135,13 +150,6 @@ def _analyse(models, source, used, options, boxes):
 def _release(models, options, *components):
     if options.release_networks:
         models.release(*components)
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def _write_pngs(frames, folder, first):

@@ -85,12 +85,44 @@ def pick_device():
     return torch.device("cpu")
 
 
-class StandaloneRuntime(Runtime):
-    """Runtime for the command line and tests: one device, models moved there on first use and kept."""
+def check_device(name):
+    """The torch.device called `name` ("cpu", "cuda", "cuda:1", "mps"); ValueError unless this machine has it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not a device name\n  fix: use cpu, cuda, cuda:N (N = the GPU number) "
+                         "or mps, or give none to take the first available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = ("this torch build has no CUDA support" if torch.version.cuda is None
+                      else "torch sees no CUDA GPU (driver, CUDA_VISIBLE_DEVICES)")
+            raise ValueError(f"device {name!r}: {reason}\n  fix: use cpu, or install a CUDA build of torch on a "
+                             "machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: there is no GPU {device.index}, this machine has {count} "
+                             f"(cuda:0..cuda:{count - 1})\n  fix: give one of those")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: Apple's Metal (mps) is not available on this machine\n"
+                         "  fix: use cpu, or run on a Mac with Apple silicon and a torch build with mps")
+    return device
 
-    def __init__(self, device=None, show_progress=False):
-        self.device = torch.device(device) if device is not None else pick_device()
-        self.show_progress = show_progress
+
+class StandaloneRuntime(Runtime):
+    """Runtime for the command line and tests: one device, models moved there on first use and kept.
+
+    `device`: a torch.device, a name (checked by `check_device`) or None for the first available one. `report`, when
+    given, is called with a progress line ("  3/12") at every step of a stage that has several; stages done in one
+    step (a batch's VAE encode) are not reported."""
+
+    def __init__(self, device=None, report=None):
+        if device is None:
+            device = pick_device()
+        self.device = device if isinstance(device, torch.device) else check_device(device)
+        self.report = report
 
     def compute_dtype(self, role, precision="auto"):
         if precision not in PRECISIONS:
@@ -109,10 +141,13 @@ class StandaloneRuntime(Runtime):
             model.module.to(model.device)
 
     def progress(self, total):
-        if not self.show_progress:
+        if self.report is None:
             return Progress(total)
+        steps = []
 
         def show(done, total, _preview):
-            print(f"\r  {done}/{total}", end="\n" if done == total else "", flush=True)
+            steps.append(done)
+            if len(steps) > 1 or done < total:
+                self.report(f"  {done}/{total}")
 
         return Progress(total, show)

@@ -6,12 +6,18 @@ import os
 import queue
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from .outputs import PendingFile, check_video_output
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+VIDEO_INPUT_FIX = ("give a video that plays (re-export or re-download a damaged one), an image, or a folder of "
+                   "frames")
+AUDIO_INPUT_FIX = "give a speech file that plays (wav, mp3, flac, ...) or a video with an audio track"
 SKIP_SECONDS = 2.0
 
 
@@ -55,11 +61,15 @@ class VideoFrames(FrameSource):
     before the target."""
 
     def __init__(self, path):
+        with _reading(path, "video"):
+            self._open(path)
+
+    def _open(self, path):
         import av
 
         self._container = av.open(path)
         if not self._container.streams.video:
-            raise MediaError(f"{path}: has no video stream")
+            raise MediaError(f"{path}: has no video stream\n  fix: {VIDEO_INPUT_FIX}")
         stream = self._container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         if not rate:
@@ -87,6 +97,10 @@ class VideoFrames(FrameSource):
                 yield first, frame
 
     def frames(self, start, stop):
+        with _reading(self.path, "video"):
+            return self._decode(start, stop)
+
+    def _decode(self, start, stop):
         ahead = None if self._next_index is None else start - self._next_index
         if ahead is None or not 0 <= ahead <= SKIP_SECONDS * self.fps:
             self._decoder = self._iterate_from(start)
@@ -99,7 +113,8 @@ class VideoFrames(FrameSource):
                 break
         self._next_index = stop
         if len(out) != stop - start:
-            raise MediaError(f"{self.path}: could only decode {len(out)} of frames {start}..{stop - 1}")
+            raise MediaError(f"{self.path}: could only decode {len(out)} of frames {start}..{stop - 1}; the file is "
+                             f"truncated or damaged\n  fix: {VIDEO_INPUT_FIX}")
         return np.stack(out)
 
 
@@ -137,11 +152,12 @@ def open_frames(path, fps=25.0):
     if os.path.isdir(path):
         names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
         if not names:
-            raise MediaError(f"{path}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+            raise MediaError(f"{path}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} images\n"
+                             f"  fix: {VIDEO_INPUT_FIX}")
         names.sort(key=_natural_key)
         return ImageFrames(path, [os.path.join(path, n) for n in names], fps)
     if not os.path.isfile(path):
-        raise MediaError(f"{path}: no such file or folder")
+        raise MediaError(f"{path}: no such file or folder\n  fix: check the path of the video, image or frames folder")
     if path.lower().endswith(IMAGE_EXTENSIONS):
         return ImageFrames(path, [path], fps)
     return VideoFrames(path)
@@ -154,28 +170,49 @@ def _natural_key(name):
 def _read_image(path):
     from PIL import Image
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as error:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+        raise MediaError(f"{path}: cannot be read as an image; the file is damaged, truncated or not an image "
+                         f"({error})\n  fix: re-export it as PNG or JPEG, or remove it from the folder") from error
+
+
+@contextmanager
+def _reading(path, kind):
+    """Turn FFmpeg's errors while reading `path` into a MediaError that names the file and the fix."""
+    import av
+
+    try:
+        yield
+    except av.FFmpegError as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        noun = {"video": "a video", "audio": "audio"}[kind]
+        raise MediaError(f"{path}: cannot be read as {kind}; the file is damaged, truncated or not {noun} "
+                         f"({reason})\n  fix: {VIDEO_INPUT_FIX if kind == 'video' else AUDIO_INPUT_FIX}") from error
 
 
 def read_audio(path):
     """Every audio sample of a file (wav, mp3, the audio track of a video...) as float32 [C,T] and its rate."""
+    if not os.path.isfile(path):
+        raise MediaError(f"{path}: no such file\n  fix: {AUDIO_INPUT_FIX}")
+    with _reading(path, "audio"):
+        return _decode_audio(path)
+
+
+def _decode_audio(path):
     import av
 
-    try:
-        container = av.open(path)
-    except (OSError, av.FFmpegError) as error:
-        raise MediaError(f"{path}: cannot be opened as audio ({error})") from error
-    with container:
+    with av.open(path) as container:
         if not container.streams.audio:
-            raise MediaError(f"{path}: has no audio stream")
+            raise MediaError(f"{path}: has no audio stream\n  fix: {AUDIO_INPUT_FIX}")
         stream = container.streams.audio[0]
         channels = stream.codec_context.channels
         resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
         chunks = [f.to_ndarray() for frame in container.decode(stream) for f in resampler.resample(frame)]
         chunks += [f.to_ndarray() for f in resampler.resample(None)]
     if not chunks:
-        raise MediaError(f"{path}: the audio stream is empty")
+        raise MediaError(f"{path}: the audio stream is empty\n  fix: {AUDIO_INPUT_FIX}")
     return np.concatenate(chunks, axis=1).reshape(channels, -1).astype(np.float32), stream.rate
 
 
@@ -188,29 +225,40 @@ def fit_audio(waveform, sample_rate, seconds):
 
 
 class VideoWriter:
-    """H.264 (yuv420p, crf 18) with an optional AAC track; odd sizes are padded by one edge row/column for yuv420p."""
+    """H.264 (yuv420p, crf 18) with an optional AAC track; odd sizes are padded by one edge row/column for yuv420p.
+
+    The video is written to a temporary file beside `path` that replaces `path` only on `close`; `discard` (or any
+    failure in `close`) removes it, so an interrupted job keeps an earlier `path` and leaves nothing behind. The
+    container follows the extension (`outputs.VIDEO_CONTAINERS`: .mp4, .mov, .mkv, .m4v). Audio at a rate the AAC
+    encoder does not take (above 96 kHz, or an odd rate) is resampled to the nearest rate it takes.
+    """
 
     def __init__(self, path, fps, size, audio=None, crf=18):
         import av
 
         self._av = av
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._container = av.open(path, "w")
-        self._height, self._width = size
-        self._fps = float(fps)
-        self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
-        self._video.width = self._width + self._width % 2
-        self._video.height = self._height + self._height % 2
-        self._video.pix_fmt = "yuv420p"
-        self._video.options = {"crf": str(crf)}
-        self._audio = audio
-        self._audio_stream = None
-        if audio is not None:  # every stream must exist before the first packet is written
-            waveform, sample_rate = audio
-            self._audio_layout = {1: "mono", 2: "stereo"}.get(waveform.shape[0], "mono")
-            self._audio_stream = self._container.add_stream("aac", rate=sample_rate)
-            self._audio_stream.layout = self._audio_layout
+        container = check_video_output(path)
+        self._pending = PendingFile(path)
+        self._container = av.open(self._pending.temp, "w", format=container)
+        try:
+            self._height, self._width = size
+            self._fps = float(fps)
+            self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
+            self._video.width = self._width + self._width % 2
+            self._video.height = self._height + self._height % 2
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {"crf": str(crf)}
+            self._audio = audio
+            self._audio_stream = None
+            if audio is not None:  # every stream must exist before the first packet is written
+                waveform, sample_rate = audio
+                self._audio_layout = {1: "mono", 2: "stereo"}.get(waveform.shape[0], "mono")
+                self._audio_stream = self._container.add_stream("aac", rate=aac_rate(sample_rate))
+                self._audio_stream.layout = self._audio_layout
+        except BaseException:
+            self.discard()
+            raise
         self.frames_written = 0
 
     def write(self, frames):
@@ -225,11 +273,26 @@ class VideoWriter:
         self.frames_written += len(frames)
 
     def close(self):
-        for packet in self._video.encode():
-            self._container.mux(packet)
-        if self._audio is not None:
-            self._write_audio(*self._audio)
-        self._container.close()
+        """Finish the file and put it in place of `path`."""
+        try:
+            for packet in self._video.encode():
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._write_audio(*self._audio)
+            self._container.close()
+            self._pending.commit()
+        finally:
+            self.discard()
+
+    def discard(self):
+        """Drop the unfinished file (nothing happens after `close`); an earlier file at `path` stays as it was."""
+        if self._pending.committed:
+            return
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - an unfinished container may refuse to close; it is deleted anyway
+            pass
+        self._pending.discard()
 
     def _write_audio(self, waveform, sample_rate):
         if waveform.shape[0] > 2:  # AAC in mp4 is written as mono or stereo; more channels are mixed down
@@ -240,8 +303,24 @@ class VideoWriter:
         frame.sample_rate = sample_rate
         frame.pts = 0
         stream = self._audio_stream
-        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+        frames = [frame]
+        if stream.rate != sample_rate:
+            resampler = self._av.AudioResampler(format="fltp", layout=self._audio_layout, rate=stream.rate)
+            frames = resampler.resample(frame) + resampler.resample(None)
+        for packet in [p for f in frames for p in stream.encode(f)] + list(stream.encode(None)):
             self._container.mux(packet)
+
+
+def aac_rate(sample_rate):
+    """The sample rate the AAC track gets for audio at `sample_rate`: the same when the encoder takes it, else the
+    highest rate it takes below (192 kHz -> 96 kHz), or its lowest one for audio below every rate it takes."""
+    import av
+
+    rates = sorted(av.codec.Codec("aac", "w").audio_rates or (sample_rate,))
+    if sample_rate in rates:
+        return sample_rate
+    below = [r for r in rates if r < sample_rate]
+    return below[-1] if below else rates[0]
 
 
 class BackgroundWriter:
@@ -285,7 +364,7 @@ class BackgroundWriter:
         self._writer.close()
 
     def abort(self):
-        """Stop the worker now, dropping queued frames; the file is left unfinished. Does nothing after `close`."""
+        """Stop the worker now, dropping queued frames, and delete the unfinished file. Does nothing after `close`."""
         self._stopping = True
         while True:
             try:
@@ -293,6 +372,7 @@ class BackgroundWriter:
             except queue.Empty:
                 break
         self._finish()
+        self._writer.discard()
 
     def _finish(self):
         if self._thread.is_alive():

@@ -88,7 +88,7 @@ def test_save_passes_its_inputs_through_and_writes_the_file(pack, chain, saved):
     nodes, _ = pack
     out, path = saved
     assert out["result"] == (chain["faces"], chain["crops"], chain["images"], 25.0) and out["ui"]["text"] == [path]
-    assert os.path.isfile(path) and [f for f in os.listdir(chain["folder"]) if f.endswith(".tmp")] == []
+    assert os.path.isfile(path) and [f for f in os.listdir(chain["folder"]) if f.startswith(".")] == []
     assert "clip" in nodes["MuseTalkLoadAvatar"].INPUT_TYPES()["required"]["avatar"][0]
     data = torch.load(path, weights_only=True)
     assert data["format"] == "musetalk-avatar" and data["format_version"] == 1 and data["musetalk_version"] == "v1.5"
@@ -199,3 +199,21 @@ def test_broken_and_foreign_files_give_clear_errors(pack, chain, saved):
     (v10,) = nodes["LoadMuseTalkModels"]().load("v1.0", "fp32")
     with pytest.raises(error, match=r"prepared for MuseTalk v1\.5, but the model is MuseTalk v1\.0(.|\n)*select v1\.5"):
         load(v10, "clip")
+
+
+def test_interrupted_save_keeps_the_earlier_avatar_and_leaves_nothing(pack, chain, saved, monkeypatch, tmp_path):
+    nodes, engine = pack
+    avatar = engine["avatar"]
+    loaded = avatar.load_avatar(saved[1])
+    path = tmp_path / "anna.musetalk-avatar"
+    path.write_bytes(b"an earlier avatar")
+    real_save = torch.save
+
+    def interrupted(data, f, *args, **kwargs):
+        real_save({"part": data["crops"]}, f)  # some bytes are out, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avatar.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        avatar.save_avatar(loaded, str(path))
+    assert path.read_bytes() == b"an earlier avatar" and os.listdir(tmp_path) == ["anna.musetalk-avatar"]

@@ -87,6 +87,7 @@ def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
         shutil.copytree(models_dir, to, dirs_exist_ok=True, symlinks=True)
 
     monkeypatch.setattr(cli, "download", fake_download)
+    root.mkdir()  # an explicit --models folder must exist (a typo must not start a download)
     files = cli.ModelFiles([str(root)])
     assert files.missing("v1.5") == ["unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd"]
     status = cli.main(["lipsync", "--video", str(tmp_path / "absent.mp4"), "--audio", "x.wav", "--out", "o.mp4",
@@ -97,7 +98,18 @@ def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
 
 def test_cli_reports_bad_input_without_a_traceback(models_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MUSETALK_MODELS", models_dir)
-    (tmp_path / "boxes.json").write_text("[[1, 2, 3]]")
     assert cli.main(["lipsync", "--video", os.path.join(FIXTURES, "input_a16.wav"), "--audio",
                      os.path.join(FIXTURES, "input_a16.wav"), "--out", str(tmp_path / "o.mp4")]) == 1
-    assert "no video stream" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "input_a16.wav: has no video stream" in err and "Traceback" not in err
+
+
+def test_cli_reports_bad_boxes_naming_the_file_and_entry(models_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    _write_frames(tmp_path / "frames", fixture_inputs()["frames_bgr"][:2])
+    (tmp_path / "boxes.json").write_text("[[1, 2, 3], null]")
+    assert cli.main(["lipsync", "--video", str(tmp_path / "frames"), "--audio", os.path.join(FIXTURES, "input_a16.wav"),
+                     "--out", str(tmp_path / "o.mp4"), "--bboxes", str(tmp_path / "boxes.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"--bboxes {tmp_path / 'boxes.json'} entry 0 (frame 0) is [1, 2, 3]: it must be four numbers" in err
+    assert "Traceback" not in err and not (tmp_path / "o.mp4").exists()

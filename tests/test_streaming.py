@@ -173,7 +173,7 @@ class SlowWriter:
     path = "slow.mp4"
 
     def __init__(self, fail_at=None):
-        self.batches, self.closed, self._fail_at = [], False, fail_at
+        self.batches, self.closed, self.discarded, self._fail_at = [], False, False, fail_at
 
     def write(self, frames):
         time.sleep(0.05)
@@ -183,6 +183,9 @@ class SlowWriter:
 
     def close(self):
         self.closed = True
+
+    def discard(self):
+        self.discarded = not self.closed
 
 
 def test_background_writer_writes_in_order_and_reports_failures():
@@ -230,7 +233,7 @@ def test_background_writer_abort_does_not_wait_for_queued_frames():
         time.sleep(0.001)
     inner.release.set()
     aborting.join(30)
-    assert not aborting.is_alive() and inner.batches == [[0]] and not inner.closed
+    assert not aborting.is_alive() and inner.batches == [[0]] and not inner.closed and inner.discarded
     assert not [t for t in threading.enumerate() if t.name == "musetalk-video-writer"]
     writer.abort()  # twice, or after close: nothing left to do
 

@@ -53,7 +53,7 @@ def test_unusable_inputs_say_what_is_wrong(tmp_path):
     with pytest.raises(MediaError, match="holds no"):
         open_frames(str(tmp_path / "empty"))
     (tmp_path / "noise.wav").write_bytes(b"not audio at all")
-    with pytest.raises(MediaError, match="cannot be opened as audio"):
+    with pytest.raises(MediaError, match="noise.wav: cannot be read as audio"):
         read_audio(str(tmp_path / "noise.wav"))
 
 
