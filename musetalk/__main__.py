@@ -14,17 +14,32 @@ from .video import MediaError
 from .weights import WeightsError
 
 VERSION_CHOICES = (*VERSIONS, "all")
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Ends every option's help with its default, "(default: v1.5)"; options whose default is no value (None)
+    describe it in their own words."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+HELP_FORMAT = {"formatter_class": _DefaultsShown}
 DEFAULT_DIR_HELP = ("$MUSETALK_MODELS, else ComfyUI/models/musetalk when the pack is installed in ComfyUI, "
                     "else the pack's models/")
 
 
 def _add_download(commands):
     parser = commands.add_parser(
-        "download", help="fetch and verify the weights of a MuseTalk version",
+        "download", help="fetch and verify the weights of a MuseTalk version", **HELP_FORMAT,
         description="Fetch the files MuseTalk needs, one by one, check each against the sha256 in "
                     "models/manifest.json, and keep the ones already present and valid. Hugging Face files honour "
                     "HF_ENDPOINT (mirrors) and HF_TOKEN. An interrupted run resumes where it stopped.")
-    parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5", help="default: v1.5")
+    parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5",
+                        help="the MuseTalk version whose files to fetch (all: both)")
     parser.add_argument("--to", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
     parser.set_defaults(run=_run_download)
 
@@ -36,9 +51,10 @@ def _run_download(args):
 
 def _add_check(commands):
     parser = commands.add_parser(
-        "check", help="list missing or damaged weight files",
+        "check", help="list missing or damaged weight files", **HELP_FORMAT,
         description="Check every file a MuseTalk version needs for presence, size and sha256 (a few seconds per GB).")
-    parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5", help="default: v1.5")
+    parser.add_argument("--version", choices=VERSION_CHOICES, default="v1.5",
+                        help="the MuseTalk version whose files to check (all: both)")
     parser.add_argument("--models", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
     parser.set_defaults(run=_run_check)
 
@@ -66,33 +82,52 @@ def _add_lipsync(commands):
 
     defaults, face = LipSyncOptions(), FaceSettings()
     parser = commands.add_parser(
-        "lipsync", help="lip-sync a video to a speech file",
+        "lipsync", help="lip-sync a video to a speech file", **HELP_FORMAT,
         description="Writes an H.264 mp4 with the speech as AAC, at the source frame rate, as long as the audio "
                     "(see --cycle). Missing weights are downloaded first (see `download`).")
     parser.add_argument("--video", required=True, help="a video file, an image, or a folder of frames")
     parser.add_argument("--audio", required=True, help="the speech: wav, mp3, flac, or a video's audio track")
-    parser.add_argument("--out", required=True, help="the mp4 to write")
-    parser.add_argument("--version", choices=VERSIONS, default="v1.5", help="default: v1.5")
-    parser.add_argument("--models", metavar="DIR", help=f"models folder (default: {DEFAULT_DIR_HELP})")
+    parser.add_argument("--out", required=True,
+                        help="the video to write: .mp4 (or .mov, .mkv, .m4v); its folder must exist. Written under a "
+                             "temporary name and renamed when whole, so an interrupted run keeps an earlier file")
+    parser.add_argument("--version", choices=VERSIONS, default="v1.5",
+                        help="v1.5: better teeth and identity; v1.0: the original release")
+    parser.add_argument("--models", metavar="DIR",
+                        help=f"models folder; it must exist (default: {DEFAULT_DIR_HELP})")
     parser.add_argument("--bbox-shift", type=int, default=face.bbox_shift,
-                        help="px to move the face box top (v1.0 semantics; v1.5 is trained for 0)")
-    parser.add_argument("--extra-margin", type=int, default=face.extra_margin, help="v1.5: px below the chin")
+                        help="px to move the face box top (v1.0 semantics; v1.5 is trained for 0); the run prints "
+                             "the useful range")
+    parser.add_argument("--extra-margin", type=int, default=face.extra_margin,
+                        help="v1.5: px added below the chin so the jaw can move")
     parser.add_argument("--parsing-mode", choices=PARSING_MODES, default=face.parsing_mode,
-                        help="blend mask: jaw (v1.5 default), raw, neck, or v1.0 (the original v1.0 mask)")
-    parser.add_argument("--left-cheek-width", type=int, default=face.left_cheek_width)
-    parser.add_argument("--right-cheek-width", type=int, default=face.right_cheek_width)
+                        help="blend mask: jaw (v1.5), raw, neck, or v1.0 (the original v1.0 mask)")
+    parser.add_argument("--left-cheek-width", type=int, default=face.left_cheek_width,
+                        help="jaw mode: width of the left cheek band where the mask is not grown (px of the 512 "
+                             "parsing map)")
+    parser.add_argument("--right-cheek-width", type=int, default=face.right_cheek_width,
+                        help="jaw mode: the same for the right cheek")
     parser.add_argument("--face-select", default=face.face_select,
-                        help="first (official), largest, left-most, right-most, or index:N")
-    parser.add_argument("--smooth-boxes", type=float, default=face.smooth, help="box smoothing sigma in frames")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+                        help="which face with several people: first (official), largest, left-most, right-most, "
+                             "or index:N (counted from the left)")
+    parser.add_argument("--smooth-boxes", type=float, default=face.smooth,
+                        help="Gaussian smoothing of the boxes over time, sigma in frames (0: the official boxes)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="frames per network call; results do not depend on it")
     parser.add_argument("--cycle", choices=CYCLE_MODES, default=defaults.cycle,
-                        help="how the video covers the audio (default: pingpong, as the official)")
-    parser.add_argument("--fps", type=float, default=defaults.fps, help="frame rate of image or folder input")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+                        help="how the video covers the audio: pingpong (official: forwards, backwards, ...), loop, "
+                             "or once (stop at the shorter)")
+    parser.add_argument("--fps", type=float, default=defaults.fps,
+                        help="frame rate of image or folder input (a video keeps its own)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
     parser.add_argument("--bboxes", metavar="JSON_FILE",
-                        help="face boxes to use instead of detection: a JSON list with [x1,y1,x2,y2] or null per frame")
-    parser.add_argument("--frames-dir", metavar="DIR", help="also write every output frame there as PNG")
+                        help="face boxes to use instead of detection: a JSON list with one [x1,y1,x2,y2] (pixels) or "
+                             "null (no face) per frame, e.g. [[133,44,195,132], null]; or a single [x1,y1,x2,y2] "
+                             "used for every frame (default: detect the faces)")
+    parser.add_argument("--frames-dir", metavar="DIR",
+                        help="also write every output frame there as PNG; an existing folder is replaced when the "
+                             "run finishes (default: none)")
     parser.set_defaults(run=_run_lipsync)
 
 

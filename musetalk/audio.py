@@ -153,7 +153,7 @@ def check_waveform(waveform, sample_rate):
         raise ValueError(f"audio: samples must be float in [-1, 1] or int16, got {samples.dtype}")
     if samples.shape[0] == 0 or samples.shape[1] == 0:
         raise ValueError(f"audio: the waveform is empty (shape [C,T] = {list(samples.shape)}); "
-                         "connect an audio clip that contains sound")
+                         "give audio that contains sound")
     if samples.shape[0] > len(FFMPEG_LAYOUTS):
         raise ValueError(f"audio: the waveform has {samples.shape[0]} channels (shape [C,T] = {list(samples.shape)}); "
                          f"at most {len(FFMPEG_LAYOUTS)} are supported. If it is [T,C], transpose it; "

@@ -37,8 +37,8 @@ MAX_NAME_LENGTH = 120
 
 log = logging.getLogger("musetalk")
 
-EXPECTED = f"a MuseTalk avatar file written by MuseTalk Save Avatar (avatar format {FORMAT_VERSION})"
-PREPARE_AGAIN = "prepare the avatar again: run MuseTalk Save Avatar on the video with the same name"
+EXPECTED = f"a MuseTalk avatar file (avatar format {FORMAT_VERSION})"
+PREPARE_AGAIN = "prepare the avatar again from its video, under the same name"
 
 
 class AvatarError(WeightsError):
@@ -122,7 +122,7 @@ def load_avatar(path, models=None, mapped=False):
     """
     if not os.path.isfile(path):
         raise AvatarError(path, "file not found", EXPECTED,
-                          "save the avatar first with MuseTalk Save Avatar, or pick one that exists")
+                          "prepare and save the avatar first, or pick one that exists")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as error:  # torch raises many types for a damaged file
@@ -130,7 +130,7 @@ def load_avatar(path, models=None, mapped=False):
                                 "avatar", EXPECTED, f"delete it and {PREPARE_AGAIN}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AvatarError(path, "is not a MuseTalk avatar file", EXPECTED,
-                          f"pick a {SUFFIX} file written by MuseTalk Save Avatar")
+                          f"pick a {SUFFIX} file saved by this pack")
     if data.get("format_version") != FORMAT_VERSION:
         raise AvatarError(path, f"uses avatar format {data.get('format_version')!r}; this version of the pack reads "
                                 f"format {FORMAT_VERSION}", EXPECTED, PREPARE_AGAIN)
@@ -138,8 +138,7 @@ def load_avatar(path, models=None, mapped=False):
     if models is not None and version != models.version:
         raise AvatarError(path, f"was prepared for MuseTalk {version}, but the model is MuseTalk {models.version}",
                           f"an avatar prepared with MuseTalk {models.version}",
-                          f"select {version} in MuseTalk Load Models, or prepare the avatar again with "
-                          f"{models.version}: run MuseTalk Save Avatar on the video")
+                          f"select {version}, or prepare the avatar again from its video with {models.version}")
     try:
         avatar = _avatar_from_data(data)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:

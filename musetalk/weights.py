@@ -17,7 +17,7 @@ class WeightsError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match the network it is meant for."""
 
     def __init__(self, path, problem, expected, fix):
-        self.path = path
+        self.path, self.problem, self.expected, self.fix = path, problem, expected, fix
         super().__init__(f"{path}: {problem}\n  expected: {expected}\n  fix: {fix}")
 
 

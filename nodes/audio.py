@@ -1,6 +1,6 @@
 """AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
 from ..musetalk.audio import check_fps, extract_features
-from . import sockets
+from . import inputs, sockets
 
 
 class AudioToWhisperFeatures:
@@ -21,11 +21,11 @@ class AudioToWhisperFeatures:
         }}
 
     def extract(self, model, audio, fps):
-        try:
-            check_fps(fps)
-        except ValueError as error:
-            raise ValueError(f"{error}: wire the fps output of the video's Get Video Components") from None
-        features = extract_features(model, audio["waveform"], audio["sample_rate"], fps)
+        waveform, sample_rate = inputs.audio(audio, "AudioToWhisperFeatures", "audio")
+        with inputs.advice("wire fps from Get Video Components' fps output (or set the rate of generated frames)"):
+            fps = check_fps(fps)
+        with inputs.advice("connect speech from Load Audio, or Get Video Components' audio"):
+            features = extract_features(model, waveform, sample_rate, fps)
         return (features, features.frame_count)
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 
 from ..musetalk.avatar import SUFFIX, list_avatars, load_avatar, prepare_avatar, save_avatar
-from . import comfy_runtime, sockets
+from . import comfy_runtime, inputs, sockets
 from .images import to_image, to_uint8
 
 log = logging.getLogger("musetalk")
@@ -40,6 +40,8 @@ class MuseTalkSaveAvatar:
         return _name_problem(name) or True
 
     def save(self, model, faces, crops, images, fps, name):
+        crop_frames = to_uint8(inputs.image(crops, "MuseTalkSaveAvatar", "crops"))
+        inputs.image(images, "MuseTalkSaveAvatar", "images")
         if faces.version != model.version:
             raise ValueError(f"the faces were found for MuseTalk {faces.version} but the model is MuseTalk "
                              f"{model.version}: use the same MuseTalk Load Models node for both")
@@ -48,7 +50,7 @@ class MuseTalkSaveAvatar:
                              f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
                              "into FaceDetectAndParse")
         path = comfy_runtime.avatar_path(name)
-        avatar = prepare_avatar(model, faces, to_uint8(crops), to_uint8(images), fps)
+        avatar = prepare_avatar(model, faces, crop_frames, to_uint8(images), fps)
         save_avatar(avatar, path)
         log.info("MuseTalk: saved avatar %s (%d frames)", path, len(faces))
         return {"ui": {"text": [path]}, "result": (faces, crops, images, fps)}
@@ -95,7 +97,9 @@ class MuseTalkLoadAvatar:
         return f"{stat.st_mtime_ns}:{stat.st_size}"
 
     def load(self, model, avatar):
-        loaded = load_avatar(comfy_runtime.avatar_path(avatar), model)
+        with inputs.advice("MuseTalk Save Avatar writes avatars; the MuseTalk version is chosen in MuseTalk Load "
+                           "Models"):
+            loaded = load_avatar(comfy_runtime.avatar_path(avatar), model)
         return loaded.faces, to_image(loaded.crops), to_image(loaded.frames), loaded.fps
 
 

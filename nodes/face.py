@@ -5,7 +5,7 @@ import torch
 
 from ..musetalk.face import FaceSettings, FrameReader, detect_and_parse
 from ..musetalk.face_boxes import FACE_SELECT, parse_bboxes
-from . import sockets
+from . import inputs, sockets
 from .images import flat_frames, to_image, to_uint8
 
 BBOX_SHIFT_TIP = ("Moves the top of the face box (px). The box top is the nose bridge mirrored across the "
@@ -69,7 +69,7 @@ class FaceDetectAndParse:
 
     def detect(self, model, images, bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
-        frames = image_frames(images)
+        frames = image_frames(inputs.image(images, "FaceDetectAndParse", "images"))
         boxes = parse_bboxes(bboxes, frames.count, frames.size)
         settings = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                                  face_select, face_index, smooth_boxes)

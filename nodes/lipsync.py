@@ -5,7 +5,7 @@ import torch
 from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
 from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
 from ..musetalk.video import fit_audio
-from . import sockets
+from . import inputs, sockets
 from .images import flat_frames, to_image, to_uint8
 
 
@@ -33,6 +33,7 @@ class LatentLipInpaint:
         }}
 
     def inpaint(self, model, faces, crops, features, batch_size, cycle):
+        crops = inputs.image(crops, "LatentLipInpaint", "crops")
         if len(crops) != len(faces):
             raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
                              "outputs of the same FaceDetectAndParse node")
@@ -64,7 +65,7 @@ class BlendAndDecode:
         }}
 
     def blend(self, model, latent, faces, images, batch_size, audio=None):
-        images = flat_frames(images)
+        images = flat_frames(inputs.image(images, "BlendAndDecode", "images"))
         if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
             raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
                              f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
@@ -96,10 +97,10 @@ def _fit(audio, n_frames, fps):
     if not fps:
         raise ValueError("the latent carries no frame rate, so the audio cannot be cut to the video: use the LATENT "
                          "from LatentLipInpaint, or leave the audio input unconnected")
-    waveform = audio["waveform"]
-    fitted = fit_audio(waveform[0].cpu().numpy(), audio["sample_rate"], n_frames / fps)
+    waveform, sample_rate = inputs.audio(audio, "BlendAndDecode", "audio")
+    fitted = fit_audio(waveform[0].cpu().numpy(), sample_rate, n_frames / fps)
     return {"waveform": torch.from_numpy(np.ascontiguousarray(fitted))[None].to(waveform.dtype),
-            "sample_rate": audio["sample_rate"]}
+            "sample_rate": sample_rate}
 
 
 NODE_CLASS_MAPPINGS = {"LatentLipInpaint": LatentLipInpaint, "BlendAndDecode": BlendAndDecode}

@@ -113,3 +113,22 @@ def test_cli_reports_bad_boxes_naming_the_file_and_entry(models_dir, tmp_path, m
     err = capsys.readouterr().err
     assert f"--bboxes {tmp_path / 'boxes.json'} entry 0 (frame 0) is [1, 2, 3]: it must be four numbers" in err
     assert "Traceback" not in err and not (tmp_path / "o.mp4").exists()
+
+
+def test_every_option_of_every_command_has_help_that_shows_its_default():
+    import argparse
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help"
+            if action.default is not None:
+                assert f"(default: {action.default})" in text, f"{name} {action.option_strings}: default not shown"
+            elif not action.required:
+                assert "default" in action.help, f"{name} {action.option_strings}: says nothing of its default"
+    bboxes = " ".join(commands.choices["lipsync"].format_help().split())
+    assert "or a single [x1,y1,x2,y2] used for every frame" in bboxes

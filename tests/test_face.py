@@ -410,6 +410,15 @@ def test_no_face_anywhere_passes_frames_through(stubs):
     assert "parser" not in models.requested and not crops.any()
 
 
+def test_faces_found_only_outside_the_frame_give_the_no_face_text_not_a_range(stubs):
+    # random-weight detectors do this: boxes past the frame edge, which leave no pixel to lip-sync
+    outside = np.array([[500, 500, 600, 600, 0.99]])
+    models = StubModels(detections={0: outside, 1: outside}, keypoints={i: np.zeros((133, 2)) for i in range(2)})
+    track, _ = detect_and_parse(models, marked_frames(2))
+    assert track.face_boxes == [(500, 500, 600, 600)] * 2 and track.has_face == [False, False]
+    assert "no face was found in any frame" in track.bbox_shift_range and "adjust range" not in track.bbox_shift_range
+
+
 def test_huge_frames_are_batched_one_by_one(stubs):
     assert frames_per_batch(2160, 3840) == 1 and frames_per_batch(1080, 1920) == 3
     assert frames_per_batch(384, 384) == face_engine.MAX_FRAMES_PER_BATCH
@@ -418,6 +427,18 @@ def test_huge_frames_are_batched_one_by_one(stubs):
     track, crops = detect_and_parse(models, frames, bboxes=[[1800, 800, 2100, 1200]] * 2)
     assert [c[0] for c in models.parser.calls] == [1, 1] and track.has_face == [True, True]
     assert load_pack(name=PACK_NAME).nodes.face.frame_masks(track, [1]).shape == (1, 2160, 3840)
+
+
+def test_detection_on_4k_frames_reports_every_batch(stubs):
+    # a 4K frame is a detector batch of its own, minutes on a CPU: each one gets a line, in both passes
+    lines = []
+    frames = np.zeros((2, 2160, 3840, 3), np.uint8)
+    frames[1, 0, 0] = 1
+    keypoints = fixture("e_boxlogic")[0]["keypoints133"][0]
+    models = StubModels(detections={0: THREE_FACES[:1], 1: THREE_FACES[:1]}, keypoints={0: keypoints, 1: keypoints},
+                        runtime=StandaloneRuntime("cpu", report=lines.append))
+    detect_and_parse(models, frames)
+    assert lines == ["  1/4", "  2/4", "  3/4", "  4/4"]
 
 
 def test_progress_ticks_and_interrupt(stubs):
@@ -493,15 +514,36 @@ def test_node_face_index_and_bad_bboxes(node_class):
 # ---------------------------------------------------------------- with the real networks
 
 def test_real_networks_smoke(models_dir):
-    """The real S3FD, DWPose and parser (random weights) behind detect_and_parse."""
+    """The real S3FD, DWPose and parser (random weights) behind detect_and_parse: the official box of frame 0, the
+    no-face outcome it implies, and crops and masks where boxes are given."""
     from musetalk.models import ModelFiles, MuseTalkModels
 
     models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
     frames = np.ascontiguousarray(fixture_inputs()["frames_bgr"][:2, ..., ::-1])
     track, crops = detect_and_parse(models, frames)
-    assert len(track) == 2 and crops.shape == (2, 256, 256, 3)
-    assert len(track.blend) == 2
-    track, crops = detect_and_parse(models, frames, bboxes=[[133, 44, 195, 132], None])
-    assert track.has_face == [True, False] and track.blend[0][0].dtype == np.uint8
+    # the official pipeline on frame 0 (fixtures d_s3fd, d_dwpose): face_alignment's box, and the landmark box from
+    # DWPose's keypoints, unusable with random weights, so the detector's box is taken
+    official = landmark_box(fixture("d_dwpose")[0]["keypoints"][0], fixture("d_s3fd")[1]["fa_box"], 0, "v1.5")
+    assert official.fell_back and track.face_boxes[0] == official.box == (394, 286, 527, 435)
+    # that box lies outside the 384x384 frame: no face anywhere, so no bbox_shift range and nothing to paste
+    assert track.has_face == [False, False] and "no face was found in any frame" in track.bbox_shift_range
+    frame_masks = load_pack(name=PACK_NAME).nodes.face.frame_masks
+    assert not crops.any() and not frame_masks(track).any()
+
+    box = (133, 44, 195, 132)
+    track, crops = detect_and_parse(models, frames, bboxes=[list(box), None])
+    paste = paste_box(box, "v1.5", 10, 384)
+    assert track.has_face == [True, False] and track.paste_boxes == [paste, None]
+    assert np.array_equal(crops[0], network_crop(frames[0], paste)) and not crops[1].any()
+    masks = frame_masks(track)
+    mask, (x0, y0, x1, y1) = track.blend[0]
+    assert mask.dtype == np.uint8 and not masks[1].any()
+    # the parser found a face region in the box's lower half, and nothing is pasted outside the crop box or in its
+    # upper part (the mask is cut at the centre line; only the blur of its edge reaches a few rows above)
+    inside = masks[0, y0:y1, x0:x1]
+    assert (inside[(y1 - y0) // 2:] > 0).float().mean() > 0.1 and not inside[:(y1 - y0) * 2 // 5].any()
+    outside = masks[0].clone()
+    outside[y0:y1, x0:x1] = 0
+    assert not outside.any()
     # detection, landmarks and parsing ran: none of them brought in the OpenMMLab stack or onnxruntime
     assert not [m for m in sys.modules if m.split(".")[0] in ("mmcv", "mmpose", "mmdet", "mmengine", "onnxruntime")]
