@@ -5,7 +5,6 @@ file is fetched into a staging folder inside the models folder, checked against 
 records, and only then renamed into place: the models folder never holds a half-written or unverified file, nor a
 Hugging Face cache with its symlinks. A transfer that breaks off resumes where it stopped on the next run.
 """
-import hashlib
 import http.client
 import os
 import shutil
@@ -14,7 +13,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .models import VERSIONS, manifest_files, standalone_models_dir
+from .checksums import file_sha256
+from .models import VERSIONS, load_manifest, manifest_files, standalone_models_dir
 
 STAGING_DIR = ".download"  # inside the models folder, so the final rename stays on one filesystem and is atomic
 CHUNK = 1 << 20
@@ -53,11 +53,7 @@ def verify(models_dir, version="v1.5", manifest=None):
 
     Hashes every present file (a few seconds per GB). `manifest` is another manifest.json path (tests).
     """
-    checks = []
-    for entry in _entries(version, manifest):
-        target = _target(models_dir, entry)
-        checks.append(FileCheck(entry, target, *_check_file(target, entry)))
-    return checks
+    return [FileCheck(*_check_place(models_dir, entry, manifest)) for entry in _entries(version, manifest)]
 
 
 def download(version="v1.5", to=None, log=print, manifest=None):
@@ -72,14 +68,13 @@ def download(version="v1.5", to=None, log=print, manifest=None):
     staging = os.path.join(root, STAGING_DIR)
     todo = []
     for entry in entries:
-        target = _target(root, entry)
-        state, detail = _check_file(target, entry)
+        present, _, state, detail = _check_place(root, entry, manifest)
         if state in ("ok", "unverified"):
-            log(f"present   {entry['path']}" + (" (nothing to verify)" if state == "unverified" else ""))
+            log(f"present   {present['path']}" + (" (nothing to verify)" if state == "unverified" else ""))
         else:
             if state == "bad":
-                log(f"damaged   {entry['path']}: {detail}; it will be downloaded again")
-            todo.append((entry, target))
+                log(f"damaged   {present['path']}: {detail}; {entry['path']} will be downloaded")
+            todo.append((entry, _target(root, entry)))
     _require_space(root, [e for e, _ in todo])
     failures, unreachable = [], set()
     for entry, target in todo:
@@ -113,6 +108,19 @@ def _target(root, entry):
     return os.path.join(root, *entry["path"].split("/"))
 
 
+def _check_place(root, entry, manifest):
+    """(entry, path, state, detail) of the file in `entry`'s place under `root`: the entry's own file, or when that
+    is missing a present file the manifest lists as its alternative (`alternative_to`: the sd-vae .bin that the
+    official scripts fetch instead of the .safetensors; the loader takes either)."""
+    target = _target(root, entry)
+    if not os.path.isfile(target):
+        for other in load_manifest(manifest):
+            if other.get("alternative_to") == entry["path"] and os.path.isfile(_target(root, other)):
+                entry, target = other, _target(root, other)
+                break
+    return (entry, target, *_check_file(target, entry))
+
+
 def _check_file(path, entry):
     """(state, detail) of `path` against the entry's size and sha256, as in FileCheck."""
     if not os.path.isfile(path):
@@ -123,18 +131,10 @@ def _check_file(path, entry):
         return "bad", f"{actual_size} bytes, expected {size}"
     if sha256 is None:
         return ("ok", "") if size is not None else ("unverified", "no published size or sha256")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != sha256:
         return "bad", f"sha256 {actual}, expected {sha256}"
     return "ok", ""
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _require_space(root, entries):

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .checksums import other_files_it_is
 from .runtime import Runtime
 from .weights import DOWNLOAD_HINT, WeightsError
 
@@ -24,8 +25,10 @@ def load_manifest(path=None):
 
 
 def manifest_files(version, path=None):
-    """Manifest entries `version` needs ("all" for every version)."""
-    return [e for e in load_manifest(path) if version == "all" or version in e["versions"]]
+    """Manifest entries `version` needs ("all" for every version). Entries that may only stand in for another
+    (`alternative_to`, e.g. the .bin of the VAE) are not needed and are left out."""
+    return [e for e in load_manifest(path)
+            if (version == "all" or version in e["versions"]) and "alternative_to" not in e]
 
 
 def standalone_models_dir(explicit=None):
@@ -83,6 +86,26 @@ class ModelFiles:
                 missing.append(component)
         return missing
 
+    def refuse_other_files(self, version, component, paths):
+        """Raise WeightsError when a file at `paths` (files, or folders of files) is, by its size and sha256 in the
+        manifest, the file of another version or network, e.g. the v1.0 UNet copied over the v1.5 one. Files the
+        manifest does not know pass; only a file whose size is another manifest file's is hashed (checksums.py)."""
+        entries = load_manifest()
+        allowed = [e for e in entries if version in e["versions"] and e["component"] == component]
+        for path in _files_in(paths):
+            others = other_files_it_is(path, entries, allowed)
+            if not others:
+                continue
+            other = others[0]
+            wanted = " and ".join(e["path"] for e in allowed) or f"the {component} files"
+            fix = f"run `{DOWNLOAD_HINT.format(version=version)}`, which replaces it with the right file"
+            belongs = [v for v in other["versions"] if v != version]
+            if belongs and other["component"] == component:
+                fix += f"; to use this file, move it to {other['path']} and select version {belongs[0]}"
+            raise WeightsError(path, f"is the MuseTalk {' and '.join(other['versions'])} {other['component']} file "
+                                     f"{other['path']} (its size and sha256 in models/manifest.json)",
+                               f"MuseTalk {version} {component}: {wanted}", fix)
+
     def _vae_path(self, version):
         if self.vae_file:
             return self.vae_file
@@ -106,6 +129,14 @@ class ModelFiles:
         return ""
 
 
+def _files_in(paths):
+    for path in paths:
+        if os.path.isdir(path):
+            yield from sorted(os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+        else:
+            yield path
+
+
 @dataclass
 class MuseTalkModels:
     """Everything one MuseTalk version needs; each network is built on first use and then kept."""
@@ -123,6 +154,7 @@ class MuseTalkModels:
     def _get(self, component, role, build):
         if component not in self._built:
             paths = self.files.require(self.version, component)
+            self.files.refuse_other_files(self.version, component, paths)
             expected = f"the MuseTalk {self.version} {component} checkpoint"
             fix = (f"re-download it with `{DOWNLOAD_HINT.format(version=self.version)}` "
                    f"(a damaged or other-version file must be deleted first)")
