@@ -10,7 +10,7 @@ import sys
 from .download import DownloadError, download, verify
 from .models import VERSIONS, ModelFiles, MuseTalkModels, standalone_models_dir
 from .runtime import PRECISIONS
-from .video import MediaError
+from .video import MediaError, open_frames, read_audio
 from .weights import WeightsError
 
 VERSION_CHOICES = (*VERSIONS, "all")
@@ -147,6 +147,7 @@ def _run_lipsync(args):
     files = ModelFiles([root])
     missing = files.missing(args.version)
     if missing:
+        open_frames(args.video, args.fps), read_audio(args.audio)  # a typo here must not cost a 4 GB download
         print(f"MuseTalk {args.version} weights are missing in {root} ({', '.join(missing)}): downloading them")
         download(args.version, root)
     face = FaceSettings(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,

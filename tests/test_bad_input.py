@@ -284,6 +284,15 @@ def test_missing_cuda_gpu_index_is_a_clear_error(job, capsys, no_networks, monke
     assert status == 1 and "there is no GPU 1, this machine has 1 (cuda:0..cuda:0)" in err
 
 
+def test_unusable_input_is_reported_before_missing_weights_are_downloaded(job, capsys, monkeypatch, tmp_path):
+    fetched = []
+    monkeypatch.setattr(cli, "download", lambda *args: fetched.append(args))
+    (tmp_path / "empty-models").mkdir()
+    status, _, err = run_cli(capsys, "lipsync", "--video", str(tmp_path / "typo.mp4"), "--audio", job["audio"],
+                             "--out", str(tmp_path / "out.mp4"), "--models", str(tmp_path / "empty-models"))
+    assert status == 1 and "typo.mp4: no such file or folder" in err and fetched == []
+
+
 def test_explicit_models_folder_that_does_not_exist_is_an_error_not_a_download(job, capsys, monkeypatch):
     fetched = []
     monkeypatch.setattr(cli, "download", lambda *args: fetched.append(args))

@@ -90,10 +90,13 @@ def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
     root.mkdir()  # an explicit --models folder must exist (a typo must not start a download)
     files = cli.ModelFiles([str(root)])
     assert files.missing("v1.5") == ["unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd"]
-    status = cli.main(["lipsync", "--video", str(tmp_path / "absent.mp4"), "--audio", "x.wav", "--out", "o.mp4",
-                       "--models", str(root)])
-    assert calls == [("v1.5", str(root))] and files.missing("v1.5") == []
-    assert status == 1  # the video does not exist: a clear message, no traceback
+    import musetalk.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "lipsync", lambda models, *args: calls.append(models.files.missing("v1.5")) or 1)
+    _write_frames(tmp_path / "frames", fixture_inputs()["frames_bgr"][:1])
+    status = cli.main(["lipsync", "--video", str(tmp_path / "frames"), "--audio", os.path.join(FIXTURES, "input_a16.wav"),
+                       "--out", str(tmp_path / "o.mp4"), "--models", str(root)])
+    assert status == 0 and calls == [("v1.5", str(root)), []]  # downloaded, then the job ran on complete weights
 
 
 def test_cli_reports_bad_input_without_a_traceback(models_dir, tmp_path, monkeypatch, capsys):
