@@ -209,7 +209,7 @@ def detect_and_parse(models, frames, settings=None, bboxes=None, crops_to=None):
     else:
         log.warning("MuseTalk: no face in any of the %d frames; they pass through unchanged", n_frames)
         if bboxes is None:  # detections that all lie outside the frame give no face either, and no range
-            range_text = bbox_shift_range_text(n_frames, [], [], bbox_shift)
+            range_text = bbox_shift_range_text(n_frames, [], [], settings.bbox_shift)
     for start in starts:
         runtime.check_interrupt()
         stop = min(start + batch, n_frames)
