@@ -79,6 +79,7 @@ def _add_lipsync(commands):
     from .inpaint import CYCLE_MODES
     from .masks import PARSING_MODES
     from .pipeline import LipSyncOptions
+    from .silence import MIN_PAUSE_SECONDS, SILENCE_MODES
 
     defaults, face = LipSyncOptions(), FaceSettings()
     parser = commands.add_parser(
@@ -118,6 +119,14 @@ def _add_lipsync(commands):
                              "or once (stop at the shorter)")
     parser.add_argument("--fps", type=float, default=defaults.fps,
                         help="frame rate of image or folder input (a video keeps its own)")
+    parser.add_argument("--silence", choices=SILENCE_MODES, default=defaults.silence.mode,
+                        help="generate (official: a generated mouth on every frame) or source (pauses of at least "
+                             f"{MIN_PAUSE_SECONDS:g} s keep the source mouth, faded at the edges; faster)")
+    parser.add_argument("--silence-threshold-db", type=float, default=defaults.silence.threshold_dbfs,
+                        help="with --silence source: frames quieter than this RMS dBFS are silent "
+                             f"(default {defaults.silence.threshold_dbfs:g})")
+    parser.add_argument("--audio-offset-ms", type=float, default=defaults.audio_offset_ms,
+                        help="move the mouth later (positive, when the lips lead the sound) or earlier (negative)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: fp16 on a GPU, fp32 on the CPU")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
@@ -135,6 +144,7 @@ def _run_lipsync(args):
     from .face import FaceSettings
     from .pipeline import LipSyncOptions, check_lipsync_outputs, lipsync
     from .runtime import StandaloneRuntime, check_device
+    from .silence import SilenceSettings
 
     # everything that can be checked without the networks is, before any download or network runs
     check_lipsync_outputs(args.out, args.frames_dir, args.video, args.audio)
@@ -152,7 +162,9 @@ def _run_lipsync(args):
         download(args.version, root)
     face = FaceSettings(args.bbox_shift, args.extra_margin, args.parsing_mode, args.left_cheek_width,
                         args.right_cheek_width, args.face_select, args.smooth_boxes)
-    options = LipSyncOptions(face, args.batch_size, args.cycle, args.fps, bboxes, f"--bboxes {args.bboxes}")
+    options = LipSyncOptions(face, args.batch_size, args.cycle, args.fps, bboxes, f"--bboxes {args.bboxes}",
+                             silence=SilenceSettings(args.silence, args.silence_threshold_db),
+                             audio_offset_ms=args.audio_offset_ms)
     models = MuseTalkModels(args.version, files, StandaloneRuntime(device, report=print), args.precision)
     count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir)
     print(f"wrote {args.out}: {count} frames")

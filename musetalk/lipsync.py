@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .blend import paste_faces
+from .compose import mouth_frames, paste_mouths
 from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents, unscale
+from .silence import mask_levels
 
 @dataclass
 class SourceLatents:
@@ -126,15 +127,17 @@ def _digest(crops):
     return hashlib.sha256(memoryview(crops.cpu().contiguous().numpy()).cast("B")).hexdigest()
 
 
-def generate_latents(models, sources, features, source_index, batch_size=8):
+def generate_latents(models, sources, features, source_index, batch_size=8, weights=None):
     """Mouth latents float32 [T,4,32,32] for output frames 0..T-1 of `features` (WhisperFeatures, at least T
-    frames); zeros where the source frame has no face. Each batch's audio tokens are built when the UNet needs them.
+    frames); zeros where the source frame has no face and where the mouth weight (`silence.mouth_weights`, [T];
+    None = all 1) is 0: those frames need no UNet step. Each batch's audio tokens are built when the UNet needs them.
 
     They are what the VAE decodes (`render_frames`, any SD-1.x VAE), i.e. the UNet's output times 1/0.18215,
     multiplied as the official decode does it.
     """
     samples = torch.zeros(len(source_index), 4, LATENT_SIZE, LATENT_SIZE, device=models.runtime.storage_device)
-    active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None]
+    shown = [True] * len(source_index) if weights is None else (torch.as_tensor(weights) > 0).tolist()
+    active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None and shown[t]]
     if active:
         rows = [sources.rows[s] for s in source_index[active].tolist()]
         predicted = inpaint_latents(models, sources.latents, features.windows(active), rows, batch_size)
@@ -142,26 +145,27 @@ def generate_latents(models, sources, features, source_index, batch_size=8):
     return samples
 
 
-def render_frames(models, faces, samples, source_index, read_frames, batch_size=8):
+def render_frames(models, faces, samples, source_index, read_frames, batch_size=8, weights=None):
     """Yield uint8 RGB frame batches [B,H,W,3] (CPU) of the lip-synced video, in output order.
 
     read_frames(indices) returns the uint8 RGB source frames with those indices (numpy or torch), as a new array:
     the pasted frames are written into it. Decoding and blending run on the runtime's device, but the frames stay
     in host memory: only the generated faces and the crop-box regions they are blended into travel (`paste_faces`).
+    weights: [T] mouth weights (`silence.mouth_weights`; None = all 1): frames at 0 keep the source frame without a
+    decode, frames between 0 and 1 paste the generated face with the mask scaled down (`compose.paste_mouths`).
     """
     runtime, vae = models.runtime, models.vae()
     runtime.load(vae)
+    all_levels = None if weights is None else mask_levels(weights)
     progress = runtime.progress(len(source_index))
     for start in range(0, len(source_index), batch_size):
         runtime.check_interrupt()
         sources = source_index[start:start + batch_size].tolist()
+        levels = None if all_levels is None else all_levels[start:start + batch_size]
         frames = torch.as_tensor(read_frames(sources)).cpu()
-        active = [i for i, s in enumerate(sources) if faces.paste_boxes[s] is not None]
+        active = mouth_frames(faces, sources, levels)
         if active:
             generated = decode_batch(vae, samples[start:start + batch_size][active])
-            blends = [faces.blend[sources[i]] for i in active]  # each read unpacks a compressed mask
-            pasted = paste_faces(frames[active], generated, [faces.paste_boxes[sources[i]] for i in active],
-                                 [mask for mask, _ in blends], [crop_box for _, crop_box in blends])
-            frames[active] = pasted
+            frames = paste_mouths(faces, frames, sources, active, generated, levels)
         progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
         yield frames

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .audio import extract_features
+from .audio_offset import extract_features_with_offset
 from .face import FaceSettings, FrameReader, detect_and_parse
 from .face_boxes import parse_bboxes
 from .inpaint import cycle_indices
 from .lipsync import LatentStream, generate_latents, render_frames
 from .outputs import PendingFolder, check_output_folder, check_video_output
+from .silence import SilenceSettings, mouth_weights
 from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
 
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
@@ -41,6 +42,8 @@ class LipSyncOptions:
     # drop each network once its stage is done (the command line: one job per process); ComfyUI keeps them for the
     # next run and lets its model management decide
     release_networks: bool = True
+    silence: SilenceSettings = field(default_factory=SilenceSettings)
+    audio_offset_ms: float = 0.0  # positive: the mouth moves later (audio_offset.py)
 
 
 @dataclass
@@ -98,7 +101,8 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     options = options or LipSyncOptions()
     waveform, sample_rate = speech
     log("audio features (whisper)")
-    features = extract_features(models, torch.from_numpy(waveform), sample_rate, source.fps)
+    features = extract_features_with_offset(models, torch.from_numpy(waveform), sample_rate, source.fps,
+                                            options.audio_offset_ms)
     _release(models, options, "whisper")
 
     source_index = cycle_indices(source.count, features.frame_count, options.cycle)
@@ -115,10 +119,14 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     faces = prepared.faces
     log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
         f"({sum(faces.has_face[:used])} with a face)")
+    weights = mouth_weights(features.loudness[:len(source_index)], source.fps, options.silence)
+    if options.silence.mode == "source":
+        fading = int(((weights > 0) & (weights < 1)).sum())
+        log(f"silence: {int((weights == 0).sum())} frames keep the source mouth, {fading} fade in or out")
 
     # All mouth latents first (16 KB per frame), then the UNet goes before anything is decoded: its fp32 weights
     # (3.2 GB) and the decoder's activations (1.7 GB at batch 8) never share the memory.
-    samples = generate_latents(models, prepared.sources, features, source_index, options.batch_size)
+    samples = generate_latents(models, prepared.sources, features, source_index, options.batch_size, weights)
     del features
     _release(models, options, "unet")
 
@@ -127,7 +135,7 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
     log(f"frames: decoding, pasting and writing {len(source_index)}")
     try:
-        for batch in render_frames(models, faces, samples, source_index, window, options.batch_size):
+        for batch in render_frames(models, faces, samples, source_index, window, options.batch_size, weights):
             frames = batch.numpy()
             if on_frames is not None:
                 on_frames(writer.frames_written, frames)

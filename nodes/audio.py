@@ -1,5 +1,6 @@
 """AudioToWhisperFeatures: a ComfyUI AUDIO clip -> MuseTalk's whisper tokens, one [50,384] matrix per video frame."""
-from ..musetalk.audio import check_fps, extract_features
+from ..musetalk.audio import check_fps
+from ..musetalk.audio_offset import extract_features_with_offset
 from . import inputs, sockets
 
 
@@ -18,14 +19,16 @@ class AudioToWhisperFeatures:
             "audio": ("AUDIO",),
             "fps": sockets.fps("Frame rate of the video to lip-sync: wire it from GetVideoComponents' fps. "
                                "Fractional rates (29.97) are used as they are."),
+        }, "optional": {
+            "audio_offset_ms": sockets.AUDIO_OFFSET_MS,
         }}
 
-    def extract(self, model, audio, fps):
+    def extract(self, model, audio, fps, audio_offset_ms=0.0):
         waveform, sample_rate = inputs.audio(audio, "AudioToWhisperFeatures", "audio")
         with inputs.advice("wire fps from Get Video Components' fps output (or set the rate of generated frames)"):
             fps = check_fps(fps)
         with inputs.advice("connect speech from Load Audio, or Get Video Components' audio"):
-            features = extract_features(model, waveform, sample_rate, fps)
+            features = extract_features_with_offset(model, waveform, sample_rate, fps, audio_offset_ms)
         return (features, features.frame_count)
 
 

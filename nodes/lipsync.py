@@ -1,9 +1,16 @@
-"""LatentLipInpaint and BlendAndDecode: the generated mouth per audio frame, then the finished frames."""
+"""LatentLipInpaint, BlendAndDecode and MuseTalkPasteFaces: the generated mouth per audio frame, then the frames.
+
+The LATENT carries, besides `samples`, which source frame each latent belongs to (`musetalk_source_index`), the
+frame rate (`musetalk_fps`) and each frame's mouth weight (`musetalk_mouth_weight`, 0 where a pause keeps the
+source mouth): BlendAndDecode and MuseTalkPasteFaces read them to put every face on its own frame.
+"""
 import numpy as np
 import torch
 
 from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
+from ..musetalk.compose import mouth_frames, paste_mouths
 from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
+from ..musetalk.silence import SilenceSettings, mask_levels, mouth_weights
 from ..musetalk.video import fit_audio
 from . import inputs, sockets
 from .images import flat_frames, to_image, to_uint8
@@ -30,17 +37,23 @@ class LatentLipInpaint:
             "cycle": (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
                 "How the video covers the audio. pingpong (official): forwards then backwards, repeated; "
                 "loop: restart from the first frame; once: stop at the shorter of video and audio.")}),
+        }, "optional": {
+            "silence": sockets.SILENCE,
+            "silence_threshold_db": sockets.SILENCE_THRESHOLD_DB,
         }}
 
-    def inpaint(self, model, faces, crops, features, batch_size, cycle):
+    def inpaint(self, model, faces, crops, features, batch_size, cycle, silence="generate",
+                silence_threshold_db=SilenceSettings.threshold_dbfs):
         crops = inputs.image(crops, "LatentLipInpaint", "crops")
         if len(crops) != len(faces):
             raise ValueError(f"{len(crops)} crops for {len(faces)} frames of faces: connect the crops and faces "
                              "outputs of the same FaceDetectAndParse node")
         sources = SourceLatents.encode(model, faces, to_uint8(crops), batch_size)
         source_index = cycle_indices(len(faces), features.frame_count, cycle)
-        samples = generate_latents(model, sources, features, source_index, batch_size)
-        return (latent_output(samples.cpu(), source_index, features.fps),)
+        weights = mouth_weights(features.loudness[:len(source_index)], features.fps,
+                                SilenceSettings(silence, silence_threshold_db))
+        samples = generate_latents(model, sources, features, source_index, batch_size, weights)
+        return (latent_output(samples.cpu(), source_index, features.fps, weights),)
 
 
 class BlendAndDecode:
@@ -65,30 +78,97 @@ class BlendAndDecode:
         }}
 
     def blend(self, model, latent, faces, images, batch_size, audio=None):
-        images = flat_frames(inputs.image(images, "BlendAndDecode", "images"))
-        if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
-            raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
-                             f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
-                             "into FaceDetectAndParse")
+        images = _source_frames(images, faces, "BlendAndDecode")
         samples = latent["samples"]
-        source_index = latent.get("musetalk_source_index")
-        if source_index is None:  # a LATENT from elsewhere: assume the official order
-            source_index = cycle_indices(len(faces), len(samples), "pingpong")
+        source_index, weights = _frame_order(latent, faces, len(samples))
         # the output IMAGE is made once and filled a batch at a time: besides ComfyUI's IMAGE in and out, only a
         # batch of frames exists at once
         output = torch.empty((len(source_index), *images.shape[1:]), dtype=torch.float32)
         done = 0
         for batch in render_frames(model, faces, samples, source_index, lambda idx: to_uint8(images[idx]),
-                                   batch_size):
+                                   batch_size, weights):
             output[done:done + len(batch)] = to_image(batch)
             done += len(batch)
         return output, _fit(audio, len(output), latent.get("musetalk_fps"))
 
 
-def latent_output(samples, source_index, fps):
+class MuseTalkPasteFaces:
+    DESCRIPTION = ("Pastes generated faces from any source into the frames with the face-parsing mask: the "
+                   "LATENT decoded by core VAE Decode (256x256), optionally sharpened by a face restorer or "
+                   "upscale model (512 or 1024). Each face goes onto the source frame the LATENT names; frames "
+                   "without a face and silent frames kept by silence = source come back unchanged. With 256x256 "
+                   "faces the result equals MuseTalk Blend And Decode.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generated": ("IMAGE", {"tooltip": (
+                "One square face per output frame, in the LATENT's order: VAE Decode of LatentLipInpaint's LATENT, "
+                "or the upscaled/restored faces (any size; each is resized to its face box).")}),
+            "latent": ("LATENT", {"tooltip": "The LatentLipInpaint LATENT the faces were decoded from: it says which "
+                                             "source frame each face belongs to."}),
+            "faces": sockets.FACES,
+            "images": sockets.SOURCE_FRAMES,
+            "batch_size": sockets.BATCH_SIZE,
+        }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
+        }}
+
+    def paste(self, generated, latent, faces, images, batch_size, audio=None):
+        images = _source_frames(images, faces, "MuseTalkPasteFaces")
+        source_index, weights = _frame_order(latent, faces, len(latent["samples"]))
+        _check_generated(generated, len(source_index))
+        levels = None if weights is None else mask_levels(weights)
+        output = torch.empty((len(source_index), *images.shape[1:]), dtype=torch.float32)
+        for start in range(0, len(source_index), batch_size):
+            sources = source_index[start:start + batch_size].tolist()
+            batch_levels = None if levels is None else levels[start:start + batch_size]
+            batch = to_uint8(images[sources])
+            active = mouth_frames(faces, sources, batch_levels)
+            if active:
+                faces_in = to_uint8(generated[start:start + batch_size][active])
+                batch = paste_mouths(faces, batch, sources, active, faces_in, batch_levels)
+            output[start:start + len(sources)] = to_image(batch)
+        return output, _fit(audio, len(output), latent.get("musetalk_fps"))
+
+
+def latent_output(samples, source_index, fps, weights):
     """ComfyUI's LATENT: `samples` unscaled, as core VAE Encode gives them and VAE Decode reads them; our keys let
-    BlendAndDecode put each latent on its source frame and cut the audio."""
-    return {"samples": samples, "musetalk_source_index": source_index, "musetalk_fps": float(fps)}
+    BlendAndDecode put each latent on its source frame, fade it by its mouth weight and cut the audio."""
+    return {"samples": samples, "musetalk_source_index": source_index, "musetalk_fps": float(fps),
+            "musetalk_mouth_weight": weights}
+
+
+def _source_frames(images, faces, node):
+    images = flat_frames(inputs.image(images, node, "images"))
+    if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
+        raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
+                         f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
+                         "into FaceDetectAndParse")
+    return images
+
+
+def _frame_order(latent, faces, count):
+    """(source frame per output frame, mouth weights or None) of a LATENT."""
+    source_index = latent.get("musetalk_source_index")
+    if source_index is None:  # a LATENT from elsewhere: assume the official order
+        source_index = cycle_indices(len(faces), count, "pingpong")
+    return source_index, latent.get("musetalk_mouth_weight")
+
+
+def _check_generated(generated, count):
+    if not isinstance(generated, torch.Tensor) or generated.ndim != 4 or generated.shape[-1] != 3 \
+            or generated.shape[1] != generated.shape[2]:
+        raise ValueError(f"generated: the faces must be square RGB images [N,S,S,3], got "
+                         f"{list(getattr(generated, 'shape', []))}: connect VAE Decode of the MuseTalk LATENT "
+                         "(256x256), or an upscaler after it (512, 1024)")
+    if len(generated) != count:
+        raise ValueError(f"generated: {len(generated)} faces for the LATENT's {count} output frames: decode the "
+                         "LATENT of LatentLipInpaint for this audio, without dropping or adding images")
 
 
 def _fit(audio, n_frames, fps):
@@ -103,6 +183,8 @@ def _fit(audio, n_frames, fps):
             "sample_rate": sample_rate}
 
 
-NODE_CLASS_MAPPINGS = {"LatentLipInpaint": LatentLipInpaint, "BlendAndDecode": BlendAndDecode}
+NODE_CLASS_MAPPINGS = {"LatentLipInpaint": LatentLipInpaint, "BlendAndDecode": BlendAndDecode,
+                       "MuseTalkPasteFaces": MuseTalkPasteFaces}
 NODE_DISPLAY_NAME_MAPPINGS = {"LatentLipInpaint": "MuseTalk Latent Lip Inpaint",
-                              "BlendAndDecode": "MuseTalk Blend And Decode"}
+                              "BlendAndDecode": "MuseTalk Blend And Decode",
+                              "MuseTalkPasteFaces": "MuseTalk Paste Faces"}

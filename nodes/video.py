@@ -4,6 +4,7 @@ from ..musetalk.audio import check_waveform
 from ..musetalk.avatar import AvatarFrames, avatar_sources, list_avatars, load_avatar
 from ..musetalk.face_boxes import parse_bboxes
 from ..musetalk.pipeline import LipSyncOptions, PreparedVideo, lipsync_stream
+from ..musetalk.silence import SilenceSettings
 from ..musetalk.video import FrameSource, VideoFrames
 from . import comfy_runtime, sockets
 from .avatar import MuseTalkLoadAvatar
@@ -11,6 +12,9 @@ from .face import FaceDetectAndParse, face_settings
 from .images import to_uint8
 from .lipsync import LatentLipInpaint
 
+# the options of Latent Lip Inpaint and Audio To Whisper Features that set the mouth's timing
+TIMING_INPUTS = {"silence": sockets.SILENCE, "silence_threshold_db": sockets.SILENCE_THRESHOLD_DB,
+                 "audio_offset_ms": sockets.AUDIO_OFFSET_MS}
 OUTPUT_TIP = ("The lip-synced video with the speech as its sound, one frame per audio frame (per cycle), written to "
               "ComfyUI's temp folder: connect Save Video to keep it.")
 
@@ -68,15 +72,18 @@ class MuseTalkLipSyncVideo:
         required.update((name, spec) for name, spec in face["required"].items() if name not in ("model", "images"))
         required["batch_size"] = sockets.BATCH_SIZE
         required["cycle"] = LatentLipInpaint.INPUT_TYPES()["required"]["cycle"]
-        return {"required": required, "optional": face["optional"]}
+        return {"required": required, "optional": {**face["optional"], **TIMING_INPUTS}}
 
     def lipsync(self, model, video, audio, bbox_shift, extra_margin, parsing_mode, left_cheek_width,
-                right_cheek_width, batch_size, cycle, bboxes="", face_select="first", face_index=0, smooth_boxes=0.0):
+                right_cheek_width, batch_size, cycle, bboxes="", face_select="first", face_index=0, smooth_boxes=0.0,
+                silence="generate", silence_threshold_db=SilenceSettings.threshold_dbfs, audio_offset_ms=0.0):
         source = video_frames(video)
         boxes = parse_bboxes(bboxes, source.count, source.size)
         face = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                              face_select, face_index, smooth_boxes)
-        options = LipSyncOptions(face, batch_size, cycle, release_networks=False)
+        options = LipSyncOptions(face, batch_size, cycle, release_networks=False,
+                                 silence=SilenceSettings(silence, silence_threshold_db),
+                                 audio_offset_ms=audio_offset_ms)
         return lipsync_to_video(model, source, audio, options, boxes)
 
 
@@ -100,7 +107,7 @@ class MuseTalkAvatarLipSyncVideo:
             "audio": ("AUDIO", {"tooltip": "The new speech."}),
             "batch_size": sockets.BATCH_SIZE,
             "cycle": LatentLipInpaint.INPUT_TYPES()["required"]["cycle"],
-        }}
+        }, "optional": TIMING_INPUTS}
 
     @classmethod
     def VALIDATE_INPUTS(cls, avatar=None):
@@ -110,11 +117,14 @@ class MuseTalkAvatarLipSyncVideo:
     def IS_CHANGED(cls, avatar=None, **_linked):
         return MuseTalkLoadAvatar.IS_CHANGED(avatar)
 
-    def lipsync(self, model, avatar, audio, batch_size, cycle):
+    def lipsync(self, model, avatar, audio, batch_size, cycle, silence="generate",
+                silence_threshold_db=SilenceSettings.threshold_dbfs, audio_offset_ms=0.0):
         path = comfy_runtime.avatar_path(avatar)
         loaded = load_avatar(path, model, mapped=True)
         prepared = PreparedVideo(loaded.faces, avatar_sources(model, loaded))
-        options = LipSyncOptions(batch_size=batch_size, cycle=cycle, release_networks=False)
+        options = LipSyncOptions(batch_size=batch_size, cycle=cycle, release_networks=False,
+                                 silence=SilenceSettings(silence, silence_threshold_db),
+                                 audio_offset_ms=audio_offset_ms)
         return lipsync_to_video(model, AvatarFrames(path, loaded), audio, options, prepared=prepared)
 
 

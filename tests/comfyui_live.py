@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_FOLDER = "ComfyUI-MuseTalk"
 CORE_NODES_PATH = os.path.join(REPO, "tests", "data", "comfy_core_nodes.json")
 CORE_NODES = ("LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", "LoadAudio", "SaveAudio", "PreviewAudio",
-              "PreviewAny", "LoadImage", "PreviewImage", "SaveImage")
+              "PreviewAny", "LoadImage", "PreviewImage", "SaveImage", "VAELoader", "VAEDecode", "UpscaleModelLoader",
+              "ImageUpscaleWithModel")
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}

@@ -12,7 +12,8 @@ from musetalk.runtime import StandaloneRuntime
 
 def speech(seconds=1.5, rate=16000):
     t = np.arange(int(seconds * rate)) / rate
-    return torch.from_numpy((0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32))[None]
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    return torch.from_numpy(tone.astype(np.float32))[None]
 
 
 @pytest.fixture(scope="module")

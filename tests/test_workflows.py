@@ -1,5 +1,6 @@
 """workflows/*.json: every node exists, links type-check, widget values are valid, and the core workflow runs."""
 import glob
+import importlib.util
 import json
 import os
 
@@ -9,11 +10,14 @@ import torch
 
 from comfyui_live import CORE_NODES_PATH, FRONTEND_ONLY, workflow_to_prompt
 from conftest import FIXTURES, REPO, TESTS, fixture_inputs, load_pack
+from musetalk.models import ModelFiles, MuseTalkModels
+from musetalk.runtime import StandaloneRuntime
 from musetalk.video import VideoWriter, open_frames, read_audio
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 # combos whose options are the files in ComfyUI's input folder, which differ per install
-INPUT_FILE_COMBOS = {("LoadVideo", "file"), ("LoadAudio", "audio"), ("LoadImage", "image")}
+INPUT_FILE_COMBOS = {("LoadVideo", "file"), ("LoadAudio", "audio"), ("LoadImage", "image"), ("VAELoader", "vae_name"),
+                     ("UpscaleModelLoader", "model_name")}
 
 
 def _definitions(path):
@@ -45,10 +49,10 @@ def _load(path):
         return json.load(f)
 
 
-def test_the_four_workflows_are_shipped():
+def test_the_five_workflows_are_shipped():
     names = [os.path.basename(p) for p in WORKFLOWS]
-    assert names == ["musetalk_v10_lipsync.json", "musetalk_v15_lipsync.json", "musetalk_v15_long_video.json",
-                     "musev_to_musetalk_v15.json"]
+    assert names == ["musetalk_v10_lipsync.json", "musetalk_v15_face_restore.json", "musetalk_v15_lipsync.json",
+                     "musetalk_v15_long_video.json", "musev_to_musetalk_v15.json"]
     for path in WORKFLOWS:
         assert os.path.isfile(path[:-len(".json")] + ".jpg"), f"{path} has no picture"
 
@@ -101,11 +105,15 @@ def _check_value(node, name, spec, value):
 
 
 class CoreNodes:
-    """Stand-ins for the ComfyUI core nodes of the workflow, built on the pack's own media layer."""
+    """Stand-ins for the ComfyUI core nodes of the workflow, built on the pack's own media layer and networks.
 
-    def __init__(self, folder):
+    The upscale model is the file `upscale_model` (spandrel loads it, as ComfyUI does) or, without spandrel, a 2x
+    nearest-neighbour stand-in."""
+
+    def __init__(self, folder, vae=None, upscale_model=None):
         self.folder = folder
         self.saved = []
+        self.vae, self.upscale_model = vae, upscale_model
 
     def LoadVideo(self, file):
         return (os.path.join(self.folder, file),)
@@ -134,6 +142,29 @@ class CoreNodes:
     def PreviewAny(self, source):
         return ()
 
+    def VAELoader(self, vae_name):
+        return (self.vae,)
+
+    def VAEDecode(self, samples, vae):
+        """ComfyUI decodes `samples` as they are and maps [-1,1] to [0,1]."""
+        vae.module.to(vae.device)
+        with torch.no_grad():
+            images = vae.module.decode(samples["samples"].to(vae.device, vae.dtype)).sample.float()
+        return (torch.clamp((images + 1) / 2, 0, 1).permute(0, 2, 3, 1).cpu(),)
+
+    def UpscaleModelLoader(self, model_name):
+        if self.upscale_model is None:
+            return (None,)
+        import spandrel
+
+        return (spandrel.ModelLoader().load_from_file(self.upscale_model).eval(),)
+
+    def ImageUpscaleWithModel(self, upscale_model, image):
+        if upscale_model is None:
+            return (image.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2),)
+        with torch.no_grad():
+            return (torch.clamp(upscale_model(image.movedim(-1, -3)).movedim(-3, -1), 0, 1),)
+
 
 def run_prompt(prompt, pack, core):
     """Execute an API prompt in dependency order, as ComfyUI's executor would for these nodes."""
@@ -155,22 +186,54 @@ def run_prompt(prompt, pack, core):
     return results
 
 
-def test_core_workflow_runs_to_a_saved_video(object_info, models_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+def _example_inputs(tmp_path):
     inputs = fixture_inputs()
     writer = VideoWriter(str(tmp_path / "musetalk_example.mp4"), 25, (384, 384))
     writer.write(np.ascontiguousarray(inputs["frames_bgr"][..., ::-1]))
     writer.close()
     with open(os.path.join(FIXTURES, "input_a16.wav"), "rb") as f:
         (tmp_path / "musetalk_speech.wav").write_bytes(f.read())
-    prompt = workflow_to_prompt(_load(os.path.join(REPO, "workflows", "musetalk_v15_lipsync.json")), object_info)
+    return inputs
+
+
+def _prompt(name, object_info, inputs):
+    prompt = workflow_to_prompt(_load(os.path.join(REPO, "workflows", name)), object_info)
     face = next(n for n in prompt.values() if n["class_type"] == "FaceDetectAndParse")
     # random-weight detectors find no face, so give the fixture's boxes as a user would paste saved ones
     face["inputs"]["bboxes"] = json.dumps([None if b[0] < 0 else b.tolist() for b in inputs["bboxes"]])
-    core = CoreNodes(str(tmp_path))
-    run_prompt(prompt, load_pack(), core)
-    (saved,) = core.saved
+    return prompt
+
+
+def _check_saved_video(saved):
     result = open_frames(saved)
     assert result.fps == 25 and result.count == 37 and result.size == (384, 384)
     audio, rate = read_audio(saved)
     assert rate == 16000 and abs(audio.shape[1] / rate - 37 / 25) < 0.1
+
+
+def test_core_workflow_runs_to_a_saved_video(object_info, models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    prompt = _prompt("musetalk_v15_lipsync.json", object_info, _example_inputs(tmp_path))
+    core = CoreNodes(str(tmp_path))
+    run_prompt(prompt, load_pack(), core)
+    (saved,) = core.saved
+    _check_saved_video(saved)
+
+
+def test_face_restore_workflow_runs_to_a_saved_video(object_info, models_dir, tmp_path, monkeypatch):
+    """VAE Decode -> upscale model (spandrel on a random-weight ESRGAN file when installed) -> Paste Faces."""
+    from test_paste_faces import tiny_esrgan_x2
+
+    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+    prompt = _prompt("musetalk_v15_face_restore.json", object_info, _example_inputs(tmp_path))
+    vae = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu")).vae()
+    upscale_model = None
+    if importlib.util.find_spec("spandrel") is not None:
+        upscale_model = str(tmp_path / "RealESRGAN_x2plus.pth")
+        torch.save(tiny_esrgan_x2(), upscale_model)
+    core = CoreNodes(str(tmp_path), vae, upscale_model)
+    results = run_prompt(prompt, load_pack(), core)
+    upscaled = next(results[i][0] for i, n in prompt.items() if n["class_type"] == "ImageUpscaleWithModel")
+    assert upscaled.shape == (37, 512, 512, 3)
+    (saved,) = core.saved
+    _check_saved_video(saved)
