@@ -2,7 +2,7 @@
 
     python -m bench.bench_networks [--models DIR] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--batch 8]
                                    [--only unet,vae_decode,...] [--repeats 3] [--threads N]
-                                   [--channels-last] [--attention sdpa|math]
+                                   [--channels-last]
 
 Run from the repository root. The weights are random (the documented generator, official shapes), which changes
 nothing about the cost. If DIR lacks a checkpoint, the full-size set (~7.5 GB, a few minutes) is written there first.
@@ -44,12 +44,8 @@ def ensure_models(models_dir, version="v1.5"):
     subprocess.run([sys.executable, generator, models_dir, "--size", "full"], check=True)
 
 
-def prepare(module, channels_last, attention):
-    """Apply the layout and attention choices to a diffusers module (UNet or VAE)."""
-    if attention == "math":
-        from diffusers.models.attention_processor import AttnProcessor
-
-        module.set_attn_processor(AttnProcessor())
+def prepare(module, channels_last):
+    """Apply the layout choice to the UNet or the VAE."""
     if channels_last:
         module.to(memory_format=torch.channels_last)
     return module
@@ -68,20 +64,20 @@ def stage_inputs(name, models, batch, options):
 
         unet = models.unet()
         models.runtime.load(unet)
-        net = prepare(unet.module, channels_last, options.attention)
+        net = prepare(unet.module, channels_last)
         latents = _layout(torch.randn(batch, 8, 32, 32, generator=gen), channels_last).to(device, unet.dtype)
         audio = (torch.randn(batch, 50, 384, generator=gen) + audio_positional_encoding()).to(device, unet.dtype)
         timestep = torch.tensor([0], device=device)
-        return lambda: net(latents, timestep, encoder_hidden_states=audio).sample, batch, True
+        return lambda: net(latents, timestep, audio), batch, True
     if name in ("vae_encode", "vae_decode"):
         vae = models.vae()
         models.runtime.load(vae)
-        net = prepare(vae.module, channels_last, options.attention)
+        net = prepare(vae.module, channels_last)
         if name == "vae_encode":
             images = _layout(torch.rand(batch, 3, 256, 256, generator=gen) * 2 - 1, channels_last).to(device, vae.dtype)
-            return lambda: net.encode(images).latent_dist.sample(), batch, True
+            return lambda: net.encode(images), batch, True
         latents = _layout(torch.randn(batch, 4, 32, 32, generator=gen), channels_last).to(device, vae.dtype)
-        return lambda: net.decode(latents).sample, batch, True
+        return lambda: net.decode(latents), batch, True
     if name == "bisenet":
         parser = models.face_parser()
         models.runtime.load(parser)
@@ -133,7 +129,7 @@ def run(options):
     rate = max(rate_before, gemm_rate(device, gemm_dtype))
     load = load_average()
     title = (f"{device} {options.dtype} batch {options.batch}, {torch.get_num_threads()} threads, "
-             f"channels_last={options.channels_last}, attention={options.attention}; dense GEMM "
+             f"channels_last={options.channels_last}; dense GEMM "
              f"{rate:.0f} GFLOP/s; load average {load if load is None else round(load, 1)}")
     print()
     print(format_table(stages, rate, title))
@@ -151,8 +147,6 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--channels-last", action="store_true", help="UNet/VAE weights and inputs channels-last")
-    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "math"),
-                        help="diffusers attention: sdpa (its default) or the plain baddbmm/softmax processor")
     options = parser.parse_args(argv)
     unknown = [n for n in options.only if n not in NETWORKS]
     if unknown:

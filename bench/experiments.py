@@ -3,7 +3,7 @@
     python -m bench.experiments [--models DIR] [--batch 1] [--repeats 2] [--only threads,layout,...]
 
 threads       dense GEMM and UNet time with 1 and 2 intra-op threads
-layout        UNet, VAE encoder and decoder: default vs channels_last vs plain (math) attention: time and max |diff|
+layout        UNet, VAE encoder and decoder: default vs channels_last: time and max |diff|
 time_embed    the t=0 time embedding precomputed: FLOPs it saves and whether the UNet output stays bit-identical
 bf16          UNet in bf16 vs fp32: time and error of the predicted latents
 bf16_vae      VAE decoder in bf16 vs fp32 on a 16x16 latent: time and error of the decoded uint8
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from musetalk.models import MuseTalkModels, ModelFiles
-from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding
+from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding, timestep_sinusoid
 from musetalk.runtime import StandaloneRuntime
 
 from .bench_networks import DEFAULT_MODELS, REPO, ensure_models
@@ -67,7 +67,7 @@ class Bench:
         x = self.latents.to(dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return net(x, self.timestep, encoder_hidden_states=self.audio.to(dtype)).sample
+        return net(x, self.timestep, self.audio.to(dtype))
 
     def face_latents(self):
         """Scaled latents of a real photo crop (the public-domain fixture image), batch-sized, as decode input."""
@@ -77,8 +77,8 @@ class Bench:
         frame = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
         rgb = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1).float() / 255 * 2 - 1
         with torch.inference_mode():
-            dist = self.vae().encode(rgb[None]).latent_dist
-        return (dist.mean * LATENT_SCALE).repeat(self.options.batch, 1, 1, 1)
+            mean = self.vae().encode(rgb[None])
+        return (mean * LATENT_SCALE).repeat(self.options.batch, 1, 1, 1)
 
 
 def exp_threads(bench, repeats):
@@ -98,32 +98,28 @@ def exp_threads(bench, repeats):
 
 
 def _compare_layouts(name, net, run, batch, repeats):
-    """Time `run(channels_last)` as is, with math attention and channels-last; max |diff| against the first.
+    """Time `run(channels_last)` in the default layout and channels-last; max |diff| against the first.
 
     The variants take turns within each round (switching costs one weight copy at most), so a burst of other work
     on a shared machine slows all of them rather than one.
     """
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    def configure(attention, channels_last):
-        net.set_attn_processor(attention())
+    def configure(channels_last):
         net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
-    variants = {"sdpa": (AttnProcessor2_0, False), "math attention": (AttnProcessor, False),
-                "channels_last": (AttnProcessor2_0, True)}
+    variants = {"default": False, "channels_last": True}
     best, cpu, diff = {}, {}, {}
     with torch.inference_mode():
         reference = run(False)
         for round_ in range(repeats + 1):  # round 0 warms every variant up and measures its difference
-            for label, (attention, channels_last) in variants.items():
-                configure(attention, channels_last)
+            for label, channels_last in variants.items():
+                configure(channels_last)
                 if round_ == 0:
                     diff[label] = (run(channels_last) - reference).abs().max().item()
                 else:
                     seconds, cpu_seconds = timed(lambda: run(channels_last))
                     best[label] = min(best.get(label, seconds), seconds)
                     cpu[label] = min(cpu.get(label, cpu_seconds), cpu_seconds)
-        configure(AttnProcessor2_0, False)
+        configure(False)
     cells = [f"{label} {best[label] / batch * 1e3:.0f} ms/frame, CPU {cpu[label] / batch * 1e3:.0f} ms/frame "
              f"(max |diff| {diff[label]:.1e})" for label in variants]
     print(f"  {name} batch {batch}: " + " | ".join(cells) + f"; output |max| {reference.abs().max().item():.2f}",
@@ -137,11 +133,11 @@ def exp_layout(bench, repeats):
     vae = bench.vae()
     x = torch.rand(b, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
     _compare_layouts("VAE encode", vae,
-                     lambda cl: vae.encode(x.contiguous(memory_format=torch.channels_last) if cl else x).latent_dist.mean,
+                     lambda cl: vae.encode(x.contiguous(memory_format=torch.channels_last) if cl else x),
                      b, repeats)
     z = torch.randn(b, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     _compare_layouts("VAE decode", vae,
-                     lambda cl: vae.decode(z.contiguous(memory_format=torch.channels_last) if cl else z).sample,
+                     lambda cl: vae.decode(z.contiguous(memory_format=torch.channels_last) if cl else z),
                      b, repeats)
 
 
@@ -152,14 +148,15 @@ class _ConstantEmbedding(torch.nn.Module):
         super().__init__()
         self.embedding = embedding
 
-    def forward(self, sample, condition=None):
-        return self.embedding.expand(sample.shape[0], -1)
+    def forward(self, sinusoid):
+        return self.embedding.expand(sinusoid.shape[0], -1)
 
 
 def exp_time_embed(bench, repeats):
     net = bench.unet()
     with torch.inference_mode():
-        t_emb = net.time_proj(bench.timestep).to(torch.float32)
+        c = net.config
+        t_emb = timestep_sinusoid(bench.timestep, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
         _, path_flops = count_flops(lambda: net.time_embedding(t_emb))
         embedding = net.time_embedding(t_emb)
         _, total = count_flops(lambda: bench.run_unet(net))
@@ -204,11 +201,11 @@ def exp_bf16_vae(bench, repeats):
     # are so slow that a full 32x32 decode takes minutes; the per-pixel error is of the same kind
     z = bench.face_latents()[:, :, 16:, 8:24] / LATENT_SCALE
     with torch.inference_mode():
-        img32 = vae.decode(z).sample
-        t32 = best_time(lambda: vae.decode(z).sample, repeats)
+        img32 = vae.decode(z)
+        t32 = best_time(lambda: vae.decode(z), repeats)
         torch.nn.Module.to(vae, torch.bfloat16)
         start = time.perf_counter()
-        img16 = vae.decode(z.to(torch.bfloat16)).sample.float()
+        img16 = vae.decode(z.to(torch.bfloat16)).float()
         t16 = time.perf_counter() - start
         torch.nn.Module.to(vae, torch.float32)
     unsaturated = ((img32 > -1) & (img32 < 1)).float().mean().item()
@@ -223,16 +220,16 @@ def exp_decode_rows(bench, repeats):
     z = bench.face_latents() / LATENT_SCALE
     r0 = MASK_FIRST_LATENT_ROW
     with torch.inference_mode():
-        full = vae.decode(z).sample
-        t_full = best_time(lambda: vae.decode(z).sample, repeats)
+        full = vae.decode(z)
+        t_full = best_time(lambda: vae.decode(z), repeats)
         kept_full = full[:, :, 8 * r0:]
         unclipped = ((kept_full > -1) & (kept_full < 1)).float().mean().item()
         print(f"  full decode: {t_full / b * 1e3:.0f} ms/frame; kept pixel rows {8 * r0}..255 "
               f"({100 * unclipped:.0f}% of values unclipped, std {kept_full.std().item():.3f})", flush=True)
         for halo in (0, 2, 4, 8, r0):
             start = r0 - halo
-            part = vae.decode(z[:, :, start:]).sample
-            t_part = best_time(lambda: vae.decode(z[:, :, start:]).sample, repeats)
+            part = vae.decode(z[:, :, start:])
+            t_part = best_time(lambda: vae.decode(z[:, :, start:]), repeats)
             kept = part[:, :, 8 * halo:]
             diff = (kept - kept_full).abs()
             print(f"  latent rows {start}..31 (halo {halo}): {t_part / b * 1e3:.0f} ms/frame "

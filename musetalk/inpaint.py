@@ -69,7 +69,7 @@ def encode_sources(models, crops, batch_size=8):
         runtime.check_interrupt()
         masked, reference = vae_inputs(crops[start:end])
         both = torch.cat([masked, reference]).to(vae.device, vae.dtype)
-        encoded = LATENT_SCALE * vae.module.encode(both).latent_dist.mean
+        encoded = LATENT_SCALE * vae.module.encode(both)
         count = end - start
         latents.append(torch.cat([encoded[:count], encoded[count:]], dim=1).to(runtime.storage_device, torch.float32))
         progress.update(count)
@@ -121,7 +121,7 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
                          f"{int(source_index.min())}..{int(source_index.max())}")
     runtime, unet = models.runtime, models.unet()
     runtime.load(unet)
-    # the official tensor([0]); diffusers broadcasts it over the batch, so one tensor serves every batch size
+    # the official tensor([0]); the UNet broadcasts it over the batch, so one tensor serves every batch size
     timestep = torch.zeros(1, dtype=torch.long, device=unet.device)
     progress = runtime.progress(len(features))
     predicted = []
@@ -129,7 +129,7 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
         runtime.check_interrupt()
         sample = source_latents[source_index[start:end]].to(unet.device, unet.dtype)
         context = audio_context(torch.as_tensor(features[start:end]), unet.device, unet.dtype)
-        output = unet.module(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+        output = unet.module(sample, timestep, context)
         predicted.append(output.to(runtime.storage_device, torch.float32))
         progress.update(end - start)
     if not predicted:
@@ -150,6 +150,6 @@ def unscale(latents, dtype):
 def decode_batch(vae, latents):
     """Decode latents [B,4,32,32] as the VAE gives them (unscaled, see `unscale`) with a loaded VAE (ManagedModel):
     uint8 RGB [B,256,256,3] on its device."""
-    image = vae.module.decode(latents.to(vae.device, vae.dtype)).sample
+    image = vae.module.decode(latents.to(vae.device, vae.dtype))
     image = (image / 2 + 0.5).clamp(0, 1).float()
     return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -129,7 +129,7 @@ def test_networks_get_model_patchers_and_load_fully(comfy, pack, unet_vae_dir):
     with torch.inference_mode():  # ComfyUI executes every node inside inference mode
         vae, unet = models.vae(), models.unet()
         models.runtime.load(vae, unet)
-        latents = vae.module.encode(torch.rand(1, 3, 64, 64, dtype=vae.dtype)).latent_dist.mean
+        latents = vae.module.encode(torch.rand(1, 3, 64, 64, dtype=vae.dtype))
 
     patchers = comfy.model_patcher.instances
     assert [p.model.network for p in patchers] == [vae.module, unet.module]

@@ -16,6 +16,7 @@ from musetalk import inpaint
 from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.networks import winograd
 from musetalk.networks.unet import LATENT_SCALE, audio_positional_encoding
+from musetalk.networks.vae import AutoencoderKL, VAEConfig
 from musetalk.runtime import StandaloneRuntime
 from musetalk.weights import WeightsError
 
@@ -271,29 +272,83 @@ def test_vae_file_given_as_unet(unet_root, models_dir):
     assert_explained(error, path)
 
 
+@pytest.mark.parametrize("change", [{"use_linear_projection": True}, {"attention_head_dim": [5, 10, 20, 20]},
+                                    {"upcast_attention": True}, {"down_block_types": ["AttnDownBlock2D"] * 4},
+                                    {"addition_embed_type": "text_time"}])
+def test_unet_config_outside_the_supported_subset(unet_root, change):
+    path = unet_root / "musetalkV15" / "musetalk.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(WeightsError, match="outside the supported SD-1.x subset") as error:
+        models_for("v1.5", unet_root).unet()
+    assert_explained(error, path)
+    assert next(iter(change)) in str(error.value)
+
+
+def test_unet_config_with_saved_defaults_loads(unet_root):
+    """A config re-saved by a newer library spells out defaults (and bookkeeping keys) the official one omits."""
+    path = unet_root / "musetalkV15" / "musetalk.json"
+    defaults = {"_name_or_path": "musetalk", "upcast_attention": False, "use_linear_projection": False,
+                "only_cross_attention": False, "transformer_layers_per_block": 1, "act_fn": "swish"}
+    path.write_text(json.dumps({**json.loads(path.read_text()), **defaults}))
+    assert models_for("v1.5", unet_root).unet().module.config.attention_head_dim == 8
+
+
+def test_vae_config_outside_the_supported_subset(models_dir, tmp_path):
+    shutil.copytree(os.path.join(models_dir, "sd-vae"), tmp_path / "sd-vae")
+    path = tmp_path / "sd-vae" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "use_quant_conv": False}))
+    with pytest.raises(WeightsError, match=r"outside the supported SD-1.x subset \(use_quant_conv=False\)") as error:
+        models_for("v1.5", tmp_path).vae()
+    assert str(path) in str(error.value) and "fix:" in str(error.value)
+
+
+def test_network_inputs_of_the_wrong_shape_are_explained(models_dir):
+    models = models_for("v1.5", models_dir)
+    unet, vae = models.unet().module, models.vae().module
+    context = torch.zeros(1, 50, 384)
+    with pytest.raises(ValueError, match=r"UNet sample must be \[B,8,H,W\] with H and W multiples of 8"):
+        unet(torch.zeros(1, 4, 32, 32), 0, context)
+    with pytest.raises(ValueError, match=r"multiples of 8, got \(1, 8, 30, 32\)"):
+        unet(torch.zeros(1, 8, 30, 32), 0, context)
+    with pytest.raises(ValueError, match=r"UNet context must be \[2,tokens,384\]"):
+        unet(torch.zeros(2, 8, 32, 32), 0, context)
+    with pytest.raises(ValueError, match="one timestep or one per sample"):
+        unet(torch.zeros(1, 8, 32, 32), torch.zeros(3), context)
+    with pytest.raises(ValueError, match=r"VAE images must be \[B,3,H,W\], got \(1, 256, 256, 3\)"):
+        vae.encode(torch.zeros(1, 256, 256, 3))
+    with pytest.raises(ValueError, match=r"VAE latents must be \[B,4,H,W\]"):
+        vae.decode(torch.zeros(1, 8, 32, 32))
+
 
 # --- Winograd convolutions ---------------------------------------------------------------------------------------
 
-def test_winograd_vae_stays_within_the_official_tolerance(case, models_dir):
+def test_winograd_vae_stays_within_the_official_tolerance(case, models_dir, monkeypatch):
     """The full-size VAE runs its 512-channel layers by F(4x4, 3x3); the small test VAE has none that wide, so here
-    every 3x3 layer is switched, a harder test of the same rounding against the official outputs."""
+    every 3x3 layer is built as one, a harder test of the same rounding against the official outputs."""
     official, arrays, rgb = case
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     models = models_for(official.version, models_dir)
-    assert winograd.use_winograd(models.vae().module, min_channels=1) > 20
+    assert sum(isinstance(m, winograd.WinogradConv2d) for m in models.vae().module.modules()) > 20
     latents = inpaint.encode_sources(models, rgb)
     torch.testing.assert_close(latents, torch.from_numpy(arrays["latents"]), **TOLERANCE)
     faces = _decode(models, inpaint.unscale(torch.from_numpy(arrays["pred_latents"]), torch.float32), 4)
     assert_faces_close(faces.numpy(), arrays["recon_bgr"][..., ::-1])
 
 
-def test_the_loaded_vae_switches_only_wide_convolutions(case):
+def test_the_vae_builds_winograd_layers_only_where_both_widths_are_wide(case, models_dir):
     switched = [m for m in case[0].vae().module.modules() if isinstance(m, winograd.WinogradConv2d)]
     assert switched == []  # the small VAE is at most 64 channels wide
-    vae = torch.nn.Sequential(torch.nn.Conv2d(512, 512, 3, padding=1), torch.nn.Conv2d(512, 512, 3, stride=2),
-                              torch.nn.Conv2d(512, 256, 3, padding=1), torch.nn.Conv2d(512, 512, 1))
-    keys = list(vae.state_dict())
-    assert winograd.use_winograd(vae) == 1 and type(vae[0]) is winograd.WinogradConv2d
-    assert list(vae.state_dict()) == keys
+    config = VAEConfig(block_out_channels=(32, 32, 64, 512), norm_num_groups=32)
+    with torch.device("meta"):
+        vae = AutoencoderKL(config)
+    wide = {name for name, m in vae.named_modules() if isinstance(m, winograd.WinogradConv2d)}
+    assert "decoder.up_blocks.0.resnets.0.conv1" in wide and "decoder.up_blocks.0.upsamplers.0.conv" in wide
+    assert "encoder.down_blocks.3.resnets.0.conv1" not in wide  # 64 -> 512: one side is narrow
+    assert "encoder.down_blocks.3.resnets.0.conv2" in wide
+    assert all(name.startswith(("encoder.down_blocks.3.", "encoder.mid_block.", "decoder.mid_block.",
+                                "decoder.up_blocks.0.")) for name in wide)
+    plain = torch.nn.Conv2d(512, 512, 3, padding=1)
+    assert winograd.WinogradConv2d(512, 512, 3, padding=1).state_dict().keys() == plain.state_dict().keys()
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 12, 16, 16), (3, 5, 7, 13, 9), (1, 4, 4, 1, 1)])
@@ -314,8 +369,7 @@ def test_winograd_convolution_equals_the_direct_one(shape, monkeypatch):
 
 
 def test_winograd_layers_fall_back_where_they_do_not_apply():
-    layer = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1))
-    assert winograd.use_winograd(layer, min_channels=1) == 1
+    layer = torch.nn.Sequential(winograd.WinogradConv2d(4, 4, 3, padding=1))
     conv, x = layer[0], torch.randn(1, 4, 8, 8)
     direct = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     assert torch.equal(layer(x), direct)  # autograd on: the ordinary convolution

@@ -1,4 +1,6 @@
 """Importing the pack as ComfyUI does: reads no weights, uses its own modules, exposes well-formed V1 nodes."""
+import ast
+import glob
 import json
 import os
 import subprocess
@@ -12,7 +14,11 @@ from conftest import REPO, TESTS, fresh_pack
 DESIGN_CARD_IDS = {"LoadMuseTalkModels", "AudioToWhisperFeatures", "FaceDetectAndParse", "LatentLipInpaint",
                    "BlendAndDecode"}
 NEVER_IMPORTED = ("mmcv", "mmpose", "mmdet", "mmengine", "onnxruntime")
-NOT_AT_IMPORT = ("diffusers", "transformers", "safetensors", "comfy.model_management")
+NOT_AT_IMPORT = ("transformers", "safetensors", "comfy.model_management")
+# never imported by any of our files: pinned versions of these conflict with what ComfyUI environments hold
+NEVER_DEPENDED_ON = ("diffusers",)
+# run by the official MuseTalk environment's python (bench/README.md), never by ours
+OFFICIAL_ENVIRONMENT = ("bench/official_run.py", "bench/official_imports.py")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx")
 
 # Runs in a fresh interpreter: ComfyUI has torch (and numpy) imported long before it loads custom nodes, and its own
@@ -67,6 +73,21 @@ def probe(tmp_path_factory):
 def test_import_reads_no_weight_file(probe):
     assert [path for path in probe["opened"] if path.endswith(WEIGHT_SUFFIXES)] == []
     assert [m for m in NOT_AT_IMPORT if m in probe["modules"]] == []
+
+
+def test_no_file_of_ours_imports_diffusers():
+    found = []
+    for path in glob.glob(os.path.join(REPO, "**", "*.py"), recursive=True):
+        relpath = os.path.relpath(path, REPO).replace(os.sep, "/")
+        if relpath in OFFICIAL_ENVIRONMENT:
+            continue
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{relpath}: {n}" for n in names if n.split(".")[0] in NEVER_DEPENDED_ON]
+    assert found == []
 
 
 def test_import_pulls_in_no_mm_stack_or_onnxruntime(probe):

@@ -8,13 +8,15 @@ GEMMs are wide: measured on a 2-core AVX2 CPU, 1.3-2.2x for 512-channel layers a
 256 channels (bench/README.md). The rounding differs from a direct convolution by a few 1e-5 per layer: decoded
 crops move by at most 1/255 on ~0.05% of the pixels, inside the parity tolerance.
 
-`use_winograd(module)` switches the eligible `nn.Conv2d` layers in place; their parameters and state-dict keys stay
-as they are, and any call that is not CPU float32 (a GPU, half precision, autograd) takes the normal convolution.
+`WinogradConv2d` is an `nn.Conv2d` (same parameters and state-dict keys) that the VAE builds for its 3x3 layers
+where both widths reach MIN_CHANNELS; any call that is not CPU float32 (a GPU, half precision, autograd) takes the
+normal convolution.
 """
 import torch
 import torch.nn.functional as F
 
-#: both channel counts must reach this for the transforms to pay off (measured; see the module docstring)
+#: both channel counts must reach this for the transforms to pay off (measured; see the module docstring); read when
+#: a VAE is built
 MIN_CHANNELS = 512
 # The transformed input and product of one chunk take 36 floats per input tile and channel; chunks of whole
 # images stay under this many bytes so that the temporaries do not outgrow the activations they replace.
@@ -75,17 +77,3 @@ class WinogradConv2d(torch.nn.Conv2d):
         if input.device.type != "cpu" or input.dtype != torch.float32 or torch.is_grad_enabled():
             return super()._conv_forward(input, weight, bias)
         return winograd_conv3x3(input, weight, bias)
-
-
-def eligible(conv, min_channels=MIN_CHANNELS):
-    return (type(conv) is torch.nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= min_channels)
-
-
-def use_winograd(module, min_channels=MIN_CHANNELS):
-    """Switch every eligible convolution inside `module` to F(4x4, 3x3); returns how many were switched."""
-    convs = [m for m in module.modules() if eligible(m, min_channels)]
-    for conv in convs:
-        conv.__class__ = WinogradConv2d  # same parameters and buffers, so state dicts and devices are untouched
-    return len(convs)
