@@ -62,8 +62,7 @@ class Runtime:
         """Wrap a freshly loaded CPU fp32 module; casts it to the dtype it will run in."""
         dtype = self.compute_dtype(role, precision)
         if next(module.parameters()).dtype != dtype:
-            # nn.Module.to, not diffusers' override, which warns about keeping modules in fp32 that MuseTalk lacks
-            torch.nn.Module.to(module, dtype)
+            module.to(dtype)
         return ManagedModel(module, role, self.device, dtype)
 
     def load(self, *models):

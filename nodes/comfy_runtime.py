@@ -104,8 +104,9 @@ def current_runtime():
 class PatcherTarget(torch.nn.Module):
     """What the ModelPatcher manages: a plain container around one network.
 
-    ModelPatcher writes `.device` and its bookkeeping attributes onto the module it is given, and diffusers and
-    transformers models define `device` as a read-only property, so loading one directly fails inside ComfyUI.
+    ModelPatcher writes `.device` and its bookkeeping attributes onto the module it is given; the container keeps
+    them off the networks, which never clash with those names then (a read-only `device` property, as library models
+    define one, makes a direct load fail inside ComfyUI).
     """
 
     def __init__(self, network):
