@@ -288,7 +288,7 @@ def test_unet_config_with_saved_defaults_loads(unet_root):
     """A config re-saved by a newer library spells out defaults (and bookkeeping keys) the official one omits."""
     path = unet_root / "musetalkV15" / "musetalk.json"
     defaults = {"_name_or_path": "musetalk", "upcast_attention": False, "use_linear_projection": False,
-                "only_cross_attention": False, "transformer_layers_per_block": 1, "act_fn": "swish"}
+                "only_cross_attention": False, "transformer_layers_per_block": 1, "dropout": 0.0}
     path.write_text(json.dumps({**json.loads(path.read_text()), **defaults}))
     assert models_for("v1.5", unet_root).unet().module.config.attention_head_dim == 8
 

@@ -16,7 +16,6 @@ from ..weights import WeightsError, load_strict, read_json, read_state_dict
 
 LATENT_SCALE = 0.18215
 AUDIO_TOKENS, AUDIO_DIM = 50, 384
-SILU = ("silu", "swish")
 
 # Keys a saved config may carry that this module supports only at the given value (the SD-1.x defaults); a config
 # that sets any of them otherwise describes another network.
@@ -48,7 +47,7 @@ def config_from_json(cls, config, path, expected, fix, fixed, ignored=_IGNORED):
             continue
         if key in names:
             values[key] = tuple(value) if isinstance(value, list) else value
-        elif key not in fixed or (value != fixed[key] and not (key == "act_fn" and value in SILU)):
+        elif key not in fixed or value != fixed[key]:
             unsupported.append(f"{key}={value!r}")
     if unsupported:
         raise WeightsError(path, f"describes a network outside the supported SD-1.x subset ({', '.join(unsupported)})",
