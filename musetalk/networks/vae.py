@@ -23,8 +23,8 @@ from .unet import LATENT_SCALE, Attention, Downsample, ResnetBlock, Upsample, co
 
 EPS = 1e-6
 # keys a folder's config.json may carry that this module supports only at the given value
-_VAE_FIXED = {"act_fn": "silu", "scaling_factor": LATENT_SCALE, "shift_factor": None, "latents_mean": None, "latents_std": None, "use_quant_conv": True,
-              "use_post_quant_conv": True, "mid_block_add_attention": True}
+_VAE_FIXED = {"act_fn": "silu", "scaling_factor": LATENT_SCALE, "shift_factor": None, "latents_mean": None,
+              "latents_std": None, "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
 # informative or read by pipelines, not by the network
 _IGNORED = ("sample_size", "force_upcast")
 _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
