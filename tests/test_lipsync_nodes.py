@@ -91,7 +91,7 @@ def test_cycle_once_stops_at_the_shorter_input(nodes):
 def comfy_vae_decode(vae, samples):
     """What core VAE Decode does with a LATENT: decode `samples` as they are, then clamp((x + 1) / 2, 0, 1)."""
     with torch.no_grad():
-        out = vae.module.decode(samples.to(vae.device, vae.dtype)).sample.float()
+        out = vae.module.decode(samples.to(vae.device, vae.dtype)).float()
     return torch.clamp((out + 1.0) / 2.0, min=0.0, max=1.0).permute(0, 2, 3, 1)
 
 
@@ -99,7 +99,7 @@ def comfy_vae_encode(vae, images):
     """What core VAE Encode does with an IMAGE: encode 2x - 1 and keep the posterior mean, unscaled."""
     with torch.no_grad():
         pixels = (images * 2.0 - 1.0).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
-        return vae.module.encode(pixels).latent_dist.mean.float()
+        return vae.module.encode(pixels).float()
 
 
 def test_core_vae_decode_shows_the_generated_faces(nodes):
