@@ -149,7 +149,7 @@ class CoreNodes:
         """ComfyUI decodes `samples` as they are and maps [-1,1] to [0,1]."""
         vae.module.to(vae.device)
         with torch.no_grad():
-            images = vae.module.decode(samples["samples"].to(vae.device, vae.dtype)).sample.float()
+            images = vae.module.decode(samples["samples"].to(vae.device, vae.dtype)).float()
         return (torch.clamp((images + 1) / 2, 0, 1).permute(0, 2, 3, 1).cpu(),)
 
     def UpscaleModelLoader(self, model_name):
