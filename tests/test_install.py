@@ -1,8 +1,8 @@
 """Installing the pack changes nothing a ComfyUI environment has: requirements.txt and install.py add what is missing
 and never upgrade, downgrade or duplicate an installed package (README, "Why no OpenCV in requirements.txt").
 
-The environment tests build virtual environments from PyPI and take minutes; they run where MUSETALK_INSTALL_TESTS=1,
-each with the CPU torch of .ci/constraints.txt; they share pip's cache:
+The environment tests build virtual environments from PyPI and take minutes; they run where MUSETALK_INSTALL_TESTS=1
+(.ci/run sets it), each with the CPU torch of .ci/constraints.txt; they share pip's cache:
 
     MUSETALK_INSTALL_TESTS=1 python -m pytest -q tests/test_install.py
 """
