@@ -302,7 +302,8 @@ def encode(whisper, runtime, mel, final_norm):
     with torch.inference_mode():
         for batch in torch.split(mel, PIECES_PER_BATCH):
             runtime.check_interrupt()
-            hidden = whisper.module(batch.to(whisper.device, whisper.dtype), final_norm=final_norm)
+            with whisper.computing():
+                hidden = whisper.module(batch.to(whisper.device, whisper.dtype), final_norm=final_norm)
             out.append(hidden.to("cpu", torch.float32))
             progress.update(len(batch))
     return torch.cat(out)

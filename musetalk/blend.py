@@ -5,6 +5,8 @@ This runs once per output frame, so it avoids PIL and OpenCV yet reproduces thei
 `Image.paste(image, box, mask)` with an 8-bit mask. All the maths is per channel, so frames and faces may be in RGB or
 BGR order as long as both use the same one (the golden fixtures are BGR, ComfyUI images RGB).
 """
+import functools
+
 import numpy as np
 import torch
 
@@ -12,16 +14,18 @@ INTER_RESIZE_COEF_BITS = 11  # OpenCV's fixed-point weights: 1.0 == 2048
 _COEF_SCALE = float(1 << INTER_RESIZE_COEF_BITS)
 
 
+@functools.lru_cache(maxsize=1024)
 def _linear_taps(src_size, dst_size, clamp_weights, device):
-    """Source indices and 11-bit weights of OpenCV's bilinear resize along one axis, made on `device`.
+    """Source indices and 11-bit weights of OpenCV's bilinear resize along one axis, as tensors on `device`.
 
     The positions follow OpenCV: scale = 1 / (dst / src) in double, (d + 0.5) * scale - 0.5 rounded to float32, the
     fraction turned into weights with round-half-even. Columns (`clamp_weights`) that fall outside the source get
-    the edge pixel with weight 1; rows keep their weights and only clamp the row index, as OpenCV does. Computed where
-    they are used (IEEE arithmetic gives the same numbers on any device), so a GPU paste needs no host transfer.
+    the edge pixel with weight 1; rows keep their weights and only clamp the row index, as OpenCV does.
+    Computed on the CPU, which always has float64 (MPS has none), and kept per size pair and device: a video's
+    face boxes take a few hundred sizes, so nearly every frame's taps are already on the device.
     """
     scale = 1.0 / (dst_size / src_size)
-    pos = ((torch.arange(dst_size, dtype=torch.float64, device=device) + 0.5) * scale - 0.5).float()
+    pos = ((torch.arange(dst_size, dtype=torch.float64) + 0.5) * scale - 0.5).float()
     index = torch.floor(pos).long()
     frac = pos - index.float()
     if clamp_weights:
@@ -30,7 +34,7 @@ def _linear_taps(src_size, dst_size, clamp_weights, device):
         index = index.clamp(0, src_size - 1)
     weights = [torch.round(w * _COEF_SCALE).int() for w in (1 - frac, frac)]
     indices = [i.clamp(0, src_size - 1) for i in (index, index + 1)]
-    return indices + weights
+    return [t.to(device) for t in indices + weights]
 
 
 def resize_linear_u8(faces, out_h, out_w):
@@ -131,5 +135,10 @@ def _move(tensors, device):
     per frame (each a synchronisation on a GPU)."""
     if not tensors:
         return []
-    packed = torch.cat([t.reshape(-1) for t in tensors]).to(device)
+    packed = torch.cat([t.reshape(-1) for t in tensors])
+    if torch.device(device).type == "cuda" and packed.device.type == "cpu":
+        # from pinned memory the copy runs without the host waiting for it; the paste kernels queue behind it
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
     return [part.view(t.shape) for part, t in zip(packed.split([t.numel() for t in tensors]), tensors)]

@@ -11,6 +11,7 @@ dtype and hands back float32. fp16 -> float32 -> fp16 is lossless, so the round 
 import numpy as np
 import torch
 
+from .batching import fitting_batch_size, in_batches
 from .networks.unet import LATENT_SCALE, audio_positional_encoding
 
 CROP_SIZE = 256
@@ -47,12 +48,6 @@ def vae_inputs(crops):
     return (masked - 0.5) / 0.5, (reference - 0.5) / 0.5
 
 
-def _batches(total, batch_size):
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
-
-
 @torch.no_grad()
 def encode_sources(models, crops, batch_size=8):
     """Latents of the source face crops: float32 [N,8,32,32] on the runtime's storage device.
@@ -64,15 +59,21 @@ def encode_sources(models, crops, batch_size=8):
     runtime, vae = models.runtime, models.vae()
     runtime.load(vae)
     progress = runtime.progress(len(crops))
-    latents = []
-    for start, end in _batches(len(crops), batch_size):
+
+    def encode(start, end):
         runtime.check_interrupt()
         masked, reference = vae_inputs(crops[start:end])
-        both = torch.cat([masked, reference]).to(vae.device, vae.dtype)
-        encoded = LATENT_SCALE * vae.module.encode(both)
+        both = to_device(torch.cat([masked, reference]), vae.device, vae.dtype)
+        with vae.computing():
+            encoded = LATENT_SCALE * vae.module.encode(both)
         count = end - start
-        latents.append(torch.cat([encoded[:count], encoded[count:]], dim=1).to(runtime.storage_device, torch.float32))
-        progress.update(count)
+        return torch.cat([encoded[:count], encoded[count:]], dim=1).to(runtime.storage_device, torch.float32)
+
+    latents = []
+    for start, end, batch in in_batches(encode, len(crops), fitting_batch_size(vae, batch_size, "encode"),
+                                        "VAE encoding"):
+        latents.append(batch)
+        progress.update(end - start)
     return torch.cat(latents)
 
 
@@ -100,7 +101,16 @@ def audio_context(features, device, dtype):
 
     The sum is taken in the UNet dtype, as the official code adds its fp16 `pe` buffer to fp16 features.
     """
-    return features.to(device, dtype) + audio_positional_encoding().to(device, dtype)
+    return to_device(features, device, dtype) + audio_positional_encoding().to(device, dtype)
+
+
+def to_device(tensor, device, dtype):
+    """`tensor.to(device, dtype)`; a CPU tensor bound for a CUDA device goes through pinned memory without waiting
+    for the copy (the kernels that use it queue behind the copy on the same stream)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.to(dtype).pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, dtype)
 
 
 @torch.no_grad()
@@ -124,13 +134,18 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
     # the official tensor([0]); the UNet broadcasts it over the batch, so one tensor serves every batch size
     timestep = torch.zeros(1, dtype=torch.long, device=unet.device)
     progress = runtime.progress(len(features))
-    predicted = []
-    for start, end in _batches(len(features), batch_size):
+
+    def step(start, end):
         runtime.check_interrupt()
-        sample = source_latents[source_index[start:end]].to(unet.device, unet.dtype)
+        sample = to_device(source_latents[source_index[start:end]], unet.device, unet.dtype)
         context = audio_context(torch.as_tensor(features[start:end]), unet.device, unet.dtype)
-        output = unet.module(sample, timestep, context)
-        predicted.append(output.to(runtime.storage_device, torch.float32))
+        with unet.computing():
+            output = unet.module(sample, timestep, context)
+        return output.to(runtime.storage_device, torch.float32)
+
+    predicted = []
+    for start, end, output in in_batches(step, len(features), fitting_batch_size(unet, batch_size, "unet"), "UNet"):
+        predicted.append(output)
         progress.update(end - start)
     if not predicted:
         return torch.zeros(0, 4, LATENT_SIZE, LATENT_SIZE, device=runtime.storage_device)
@@ -150,6 +165,7 @@ def unscale(latents, dtype):
 def decode_batch(vae, latents):
     """Decode latents [B,4,32,32] as the VAE gives them (unscaled, see `unscale`) with a loaded VAE (ManagedModel):
     uint8 RGB [B,256,256,3] on its device."""
-    image = vae.module.decode(latents.to(vae.device, vae.dtype))
+    with vae.computing():
+        image = vae.module.decode(to_device(latents, vae.device, vae.dtype))
     image = (image / 2 + 0.5).clamp(0, 1).float()
     return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -86,7 +86,7 @@ def parse_faces(parser, runtime, crops_rgb):
     std = torch.tensor(_IMAGENET_STD, dtype=torch.float32, device=device)[:, None, None]
     images = torch.from_numpy(np.stack(resized)).to(device).permute(0, 3, 1, 2).contiguous()
     images = (images.to(torch.float32).div(255) - mean) / std
-    with torch.inference_mode():
+    with torch.inference_mode(), parser.computing():
         logits = parser.module(images.to(parser.dtype))
     return logits.argmax(1).to(torch.uint8).cpu().numpy()
 

@@ -5,6 +5,7 @@ The engine only talks to a `Runtime`. Inside ComfyUI the nodes pass one backed b
 device until a runtime is created, so importing the engine stays cheap.
 """
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -12,6 +13,10 @@ log = logging.getLogger("musetalk")
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _EXPLICIT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Networks whose float32 matmuls and convolutions may use TF32 on CUDA (10 mantissa bits like fp16, with fp32
+# accumulation: within the fp16 tolerance these two run in anyway). The face networks' scores are thresholded
+# into boxes and masks and whisper is cheap, so they always compute in full float32.
+TF32_ROLES = ("unet", "vae")
 
 
 class ManagedModel:
@@ -26,6 +31,47 @@ class ManagedModel:
 
     def __repr__(self):
         return f"ManagedModel({type(self.module).__name__}, {self.role}, {self.device}, {self.dtype})"
+
+    @property
+    def allows_tf32(self):
+        """Whether float32 work of this network may run in TF32 (CUDA only; see TF32_ROLES)."""
+        return self.role in TF32_ROLES
+
+    @contextmanager
+    def computing(self):
+        """Run the network inside this: on CUDA in float32 it sets TF32 on or off for it (and restores the global
+        setting after), as cuDNN's own default (TF32 on for convolutions on Ampere and newer) would otherwise
+        decide for the face networks too."""
+        if self.device.type != "cuda" or self.dtype != torch.float32:
+            yield
+            return
+        with tf32(self.allows_tf32):
+            yield
+
+
+@contextmanager
+def tf32(allowed):
+    """Allow or forbid TF32 for CUDA float32 matmuls and cuDNN convolutions inside the block; restores the previous
+    settings after. Uses the per-backend `fp32_precision` switches where torch has them (2.9+; mixing them with the
+    older `allow_tf32` flags is an error there), else the `allow_tf32` flags."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+        switches = (cudnn.conv, matmul)
+        before = [switch.fp32_precision for switch in switches]
+        for switch in switches:
+            switch.fp32_precision = "tf32" if allowed else "ieee"
+        try:
+            yield
+        finally:
+            for switch, value in zip(switches, before):
+                switch.fp32_precision = value
+    else:
+        before = cudnn.allow_tf32, matmul.allow_tf32
+        cudnn.allow_tf32 = matmul.allow_tf32 = allowed
+        try:
+            yield
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 class Progress:
@@ -55,7 +101,9 @@ class Runtime:
         """The dtype a network of `role` ("unet", "vae", "audio" or "face") runs in for `precision`.
 
         "face" networks (detector, landmarks, parser) always get fp32: their outputs are thresholded and argmax-ed
-        into integer boxes and masks, where half precision flips results while saving almost nothing."""
+        into integer boxes and masks, where half precision flips results while saving almost nothing. (Their code
+        runs in any dtype; the choice is this policy's.) `auto` is fp32 on the CPU, where half precision saves no
+        time for these networks, and fp16 on a GPU."""
         raise NotImplementedError
 
     def manage(self, module, role, precision="auto"):
@@ -130,9 +178,6 @@ class StandaloneRuntime(Runtime):
             return torch.float32
         if precision == "auto":
             return torch.float16 if self.device.type in ("cuda", "mps") else torch.float32
-        if precision == "fp16" and self.device.type == "cpu":
-            log.warning("fp16 is not supported for convolutions on the CPU; running in fp32 instead (bf16 works)")
-            return torch.float32
         return _EXPLICIT[precision]
 
     def load(self, *models):

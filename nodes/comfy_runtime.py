@@ -164,9 +164,6 @@ class ComfyRuntime(Runtime):
                 continue
             log.info("MuseTalk %s network runs on %s, where ComfyUI keeps its weights", model.role, device)
             model.device = device
-            if device.type == "cpu" and model.dtype == torch.float16:  # CPU convolutions have no fp16 kernels
-                torch.nn.Module.to(model.module, torch.float32)
-                model.dtype = torch.float32
 
     def progress(self, total):
         import comfy.utils

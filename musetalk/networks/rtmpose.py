@@ -299,8 +299,8 @@ def _predict_logits(network, crops_bgr, device, dtype, flip_test):
     # the mirrored crop's left wrist is the original's right wrist, and its x bins run backwards
     x_flip = x_flip[:, FLIP_INDICES].flip(-1)
     y_flip = y_flip[:, FLIP_INDICES]
-    # mmpose averages the logits, not the decoded coordinates
-    return ((x + x_flip) * 0.5).float(), ((y + y_flip) * 0.5).float()
+    # mmpose averages the logits, not the decoded coordinates (here in float32 whatever the network's dtype)
+    return (x.float() + x_flip.float()) * 0.5, (y.float() + y_flip.float()) * 0.5
 
 
 def _decode(simcc_x, simcc_y):
@@ -336,7 +336,9 @@ def estimate_keypoints(pose, runtime, frames_bgr, boxes=None, flip_test=True, ba
         chunk = range(start, min(start + batch_size, len(frames)))
         crops = np.stack([cv2.warpAffine(frames[i], _warp_matrix(*geometry[i]), INPUT_SIZE, flags=cv2.INTER_LINEAR)
                           for i in chunk])
-        crop_points, chunk_scores = _decode(*_predict_logits(pose.module, crops, pose.device, pose.dtype, flip_test))
+        with pose.computing():
+            logits = _predict_logits(pose.module, crops, pose.device, pose.dtype, flip_test)
+        crop_points, chunk_scores = _decode(*logits)
         for j, i in enumerate(chunk):
             center, scale = geometry[i]
             # back to the frame in float64 then float32, as mmpose's add_pred_to_datasample does

@@ -44,8 +44,11 @@ class L2Norm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x):
-        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
-        return x / norm * self.weight.view(1, -1, 1, 1)
+        # in float32 whatever the network's dtype: the sum of squares of a VGG map overflows fp16 (65504) as soon as
+        # its values reach ~16 per channel, and then every box of that head vanishes
+        x32 = x.float()
+        norm = x32.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
+        return (x32 / norm * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
 
 
 class S3FD(nn.Module):
@@ -109,14 +112,17 @@ def load_s3fd(path, expected, fix):
 def score_anchors(net, images):
     """Run the network and decode every anchor.
 
-    images: [B,H,W,3] uint8 RGB on the network's device.
+    images: [B,H,W,3] uint8 RGB on the network's device; the network may hold any float dtype, which its input gets.
     Returns (scores [B,A] face probabilities, boxes [B,A,4] x1,y1,x2,y2 in pixels), float32, anchors in the official
     candidate order: head by head (stride 4 first), then row-major over the head's map.
     """
     means = torch.tensor(PIXEL_MEANS, device=images.device)
     x = (images.float() - means).permute(0, 3, 1, 2)
+    dtype = next(net.parameters()).dtype
     scores, boxes = [], []
-    for level, (conf, loc) in enumerate(net(x)):
+    for level, (conf, loc) in enumerate(net(x.to(dtype))):
+        # softmax and box decoding in float32: exp() of half-precision offsets loses the box corners' pixels
+        conf, loc = conf.float(), loc.float()
         stride = 2 ** (level + 2)
         batch, _, height, width = conf.shape
         scores.append(F.softmax(conf, dim=1)[:, 1].reshape(batch, -1))
@@ -224,7 +230,7 @@ def detect_faces(detector, runtime, frames_rgb):
     for i, frame in enumerate(frames):
         by_size.setdefault(frame.shape[:2], []).append(i)
     results = [None] * len(frames)
-    with torch.inference_mode():
+    with torch.inference_mode(), detector.computing():
         for (height, width), indices in by_size.items():
             per_batch = max(1, MAX_BATCH_PIXELS // (height * width))
             for start in range(0, len(indices), per_batch):

@@ -1,0 +1,91 @@
+"""Batches that fit: halving on out-of-memory, the free-memory bound, and the stages using them."""
+import pytest
+import torch
+
+from musetalk import batching, inpaint
+from musetalk.runtime import ManagedModel
+
+
+class FitsUpTo:
+    """A stand-in network that raises CUDA's out-of-memory error for batches above `limit` items."""
+
+    def __init__(self, limit):
+        self.limit, self.sizes = limit, []
+
+    def __call__(self, start, end):
+        self.sizes.append(end - start)
+        if end - start > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return list(range(start, end))
+
+
+def test_a_batch_that_does_not_fit_is_halved_and_run_again():
+    network = FitsUpTo(3)
+    results = list(batching.in_batches(network, 21, 16))
+    # 16 fails, 8 fails, 4 fails, 2 fits; the rest of the stage keeps 2
+    assert network.sizes[:4] == [16, 8, 4, 2] and set(network.sizes[4:]) <= {2, 1}
+    assert [item for _, _, items in results for item in items] == list(range(21))
+    assert all(end - start <= 2 for start, end, _ in results)
+
+
+def test_a_single_item_that_does_not_fit_raises():
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(batching.in_batches(FitsUpTo(0), 5, 4))
+
+
+def test_other_errors_are_not_retried():
+    def broken(start, end):
+        raise ValueError("not memory")
+
+    with pytest.raises(ValueError, match="not memory"):
+        list(batching.in_batches(broken, 5, 4))
+
+
+def test_batch_size_bounded_by_free_memory_on_cuda_only(monkeypatch):
+    free = 10 * batching.ITEM_BYTES["decode"]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 4 * free))
+    on_gpu = ManagedModel(torch.nn.Linear(1, 1), "vae", torch.device("cuda"), torch.float32)
+    assert batching.fitting_batch_size(on_gpu, 64, "decode") == int(10 * batching.FREE_MEMORY_SHARE)
+    assert batching.fitting_batch_size(on_gpu, 4, "decode") == 4  # the user's batch size stays an upper bound
+    half = ManagedModel(torch.nn.Linear(1, 1), "vae", torch.device("cuda"), torch.float16)
+    assert batching.fitting_batch_size(half, 64, "decode") == int(20 * batching.FREE_MEMORY_SHARE)
+    on_cpu = ManagedModel(torch.nn.Linear(1, 1), "vae", torch.device("cpu"), torch.float32)
+    assert batching.fitting_batch_size(on_cpu, 64, "decode") == 64
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (0, free))
+    assert batching.fitting_batch_size(on_gpu, 64, "decode") == 1
+
+
+def test_auto_batch_size():
+    assert batching.auto_batch_size("cuda:0") == batching.AUTO_BATCH_LIMIT
+    assert batching.auto_batch_size("cpu") == batching.AUTO_BATCH_ELSEWHERE
+
+
+class TinyUNet(torch.nn.Module):
+    """Adds the mean of the audio context to the first four latent channels; out of memory above 2 items."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=False):
+        if len(sample) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return (sample[:, :4] + encoder_hidden_states.mean(dim=(1, 2))[:, None, None, None],)
+
+
+class TinyModels:
+    def __init__(self, runtime, unet):
+        self.runtime, self._unet = runtime, unet
+
+    def unet(self):
+        return self._unet
+
+
+def test_the_unet_stage_survives_out_of_memory_with_the_same_results():
+    from musetalk.runtime import StandaloneRuntime
+
+    runtime = StandaloneRuntime("cpu")
+    models = TinyModels(runtime, ManagedModel(TinyUNet(), "unet", torch.device("cpu"), torch.float32))
+    latents = torch.randn(3, 8, 32, 32)
+    features = torch.randn(7, 50, 384)
+    index = [0, 1, 2, 2, 1, 0, 0]
+    predicted = inpaint.inpaint_latents(models, latents, features, index, batch_size=8)
+    context = inpaint.audio_context(features, "cpu", torch.float32)
+    expected = latents[index][:, :4] + context.mean(dim=(1, 2))[:, None, None, None]
+    torch.testing.assert_close(predicted, expected)
