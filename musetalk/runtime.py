@@ -102,8 +102,8 @@ class Runtime:
 
         "face" networks (detector, landmarks, parser) always get fp32: their outputs are thresholded and argmax-ed
         into integer boxes and masks, where half precision flips results while saving almost nothing. (Their code
-        runs in any dtype; the choice is this policy's.) `auto` is fp32 on the CPU, where half precision saves no
-        time for these networks, and fp16 on a GPU."""
+        runs in any dtype; the choice is this policy's.) `auto` is fp32 on the CPU, where these networks run several
+        times slower in fp16 or bf16 (bench/README.md), and fp16 on a GPU."""
         raise NotImplementedError
 
     def manage(self, module, role, precision="auto"):
