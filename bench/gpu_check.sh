@@ -3,10 +3,11 @@
 #
 #   bash bench/gpu_check.sh [--device cuda|cpu] [--quick] [--wheels DIR] [--work DIR]
 #
-# 1. Python: the first of python3/python that imports torch and the pack's requirements is used as it is. Otherwise a
-#    venv (bench/.venv-gpu, with the system's packages visible, so a preinstalled CUDA torch is kept) gets
-#    requirements.txt installed: from --wheels DIR without any network (a folder of wheels made elsewhere with
-#    `pip download -r requirements.txt -d DIR --python-version 3.12 --only-binary :all:`), else from the package index.
+# 1. Python: the first of python3/python that imports torch is used, its torch kept whatever its build; the
+#    requirements it lacks are installed beside it into bench/.pydeps. Without any torch a venv (bench/.venv-gpu)
+#    gets all of requirements.txt. Installs come from --wheels DIR on a machine without network access (a folder of
+#    wheels made elsewhere with `pip download -r requirements.txt -d DIR --python-version 3.12 --only-binary :all:`),
+#    else from the package index.
 # 2. Checkpoints: the fixture-seed small set (parity with the golden outputs) and the full-size set (speed) are
 #    generated under --work (default: $TMPDIR/musetalk-gpu-check) unless present: ~0.6 + ~7.5 GB.
 # 3. bench/gpu_check.py prints one table: parity against the CPU and the goldens, prepared-avatar frames per second
@@ -25,20 +26,34 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-ready() { "$1" -c "import torch, numpy, diffusers, safetensors, cv2, PIL, av, soxr" 2>/dev/null; }
+# the requirement lines whose distribution the given Python lacks
+missing() { "$1" - <<'PY'
+import importlib.metadata as metadata, re
+for line in open("requirements.txt"):
+    line = line.split("#")[0].strip()
+    if line:
+        try:
+            metadata.version(re.split(r"[<>=!~ \[]", line)[0])
+        except metadata.PackageNotFoundError:
+            print(line)
+PY
+}
+pip_from() { if [ -n "$wheels" ]; then echo "--no-index --find-links $wheels"; fi; }
 python=""
 for candidate in python3 python; do
-  if command -v "$candidate" >/dev/null && ready "$candidate"; then python="$candidate"; break; fi
+  if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then python="$candidate"; break; fi
 done
-if [ -z "$python" ]; then
+if [ -z "$python" ]; then  # no torch at all: a venv with everything
   venv=bench/.venv-gpu
-  [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
-  if [ -n "$wheels" ]; then
-    "$venv/bin/python" -m pip install -q --no-index --find-links "$wheels" -r requirements.txt
-  else
-    "$venv/bin/python" -m pip install -q -r requirements.txt
-  fi
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q $(pip_from) -r requirements.txt
   python="$venv/bin/python"
+fi
+needed=$(missing "$python")
+if [ -n "$needed" ]; then  # torch is there (keep it, whatever its build): only the missing packages, beside it
+  echo "installing into bench/.pydeps: $needed"
+  "$python" -m pip install -q $(pip_from) --target bench/.pydeps $needed
+  export PYTHONPATH="$PWD/bench/.pydeps${PYTHONPATH:+:$PYTHONPATH}"
 fi
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
