@@ -50,6 +50,7 @@ if [ -z "$python" ]; then  # no torch at all: a venv with everything
   python="$venv/bin/python"
 fi
 needed=$(missing "$python")
+"$python" -c "import cv2" 2>/dev/null || needed="$needed opencv-python-headless"  # install.py's pick
 if [ -n "$needed" ]; then  # torch is there (keep it, whatever its build): only the missing packages, beside it
   echo "installing into bench/.pydeps: $needed"
   "$python" -m pip install -q $(pip_from) --target bench/.pydeps $needed
