@@ -1,11 +1,11 @@
 """Half precision: every network runs in fp16 and bf16 on the CPU and stays close to its fp32 result, the fp16
 overflow guards hold where plain fp16 overflows, and the TF32 policy and dtype choices of the runtime.
 
-fp16 tolerances from tests/data/fixtures/README.md §3b: decoded faces within 3 LSB of the official fp32 faces. The
-UNet prediction's relative error (max |diff| / max |reference|) is held to FP16_UNET_REL, above that README's 2e-3:
-rounding only the weights of this checkpoint to fp16 already moves the prediction by 1.4e-3 and rounding only its
-inputs by 0.7e-3 (bench/README.md), so no fp16 computation reaches 2e-3. bf16 keeps 3 mantissa bits fewer than fp16,
-so its bounds are 8 times the fp16 ones.
+fp16 tolerances from tests/data/fixtures/README.md §3b: the UNet prediction within 2e-3 relative (max |diff| /
+max |reference|) and decoded faces within 3 LSB of the official fp32 results. The faces hold; the UNet prediction does
+not on this random-weight checkpoint (3.2e-3: rounding only its weights to fp16 already moves it by 1.4e-3, only its
+inputs by 0.7e-3, bench/README.md), so that check is a strict expected failure that flips the day it holds. bf16 keeps
+3 mantissa bits fewer than fp16 and has no documented tolerance; its bounds here are 8 times the fp16 ones.
 """
 import copy
 
@@ -23,7 +23,7 @@ from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.networks import rtmpose, s3fd, whisper
 from musetalk.runtime import ManagedModel, StandaloneRuntime
 
-FP16_UNET_REL, FP16_FACE_LSB = 4e-3, 3
+FP16_UNET_REL, FP16_FACE_LSB = 2e-3, 3
 BOUNDS = {"fp16": (FP16_UNET_REL, FP16_FACE_LSB), "bf16": (8 * FP16_UNET_REL, 8 * FP16_FACE_LSB)}
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -79,20 +79,26 @@ def latent_fixture():
     return fixture("b_vae_unet_v15")[0]
 
 
+@pytest.mark.xfail(strict=True, reason="fp16 UNet prediction 3.2e-3 from fp32 on this checkpoint, above 2e-3")
 @pytest.mark.parametrize("precision", HALF)
-def test_unet_and_decode_in_half_precision_stay_within_the_fp16_tolerances(models_dir, latent_fixture, precision):
-    arrays, (unet_rel, face_lsb) = latent_fixture, BOUNDS[precision]
+def test_unet_in_half_precision_stays_within_the_fp16_tolerance(models_dir, latent_fixture, precision):
     models = models_in(models_dir, precision)
-    assert models.unet().dtype == models.vae().dtype == HALF[precision]
-    predicted = inpaint.inpaint_latents(models, torch.from_numpy(arrays["latents"]),
-                                        torch.from_numpy(arrays["in_audio"]), [0, 0, 0, 0], batch_size=4)
+    assert models.unet().dtype == HALF[precision]
+    predicted = inpaint.inpaint_latents(models, torch.from_numpy(latent_fixture["latents"]),
+                                        torch.from_numpy(latent_fixture["in_audio"]), [0, 0, 0, 0], batch_size=4)
     assert predicted.dtype == torch.float32 and torch.isfinite(predicted).all()
-    assert relative(predicted, torch.from_numpy(arrays["pred_latents"])) < unet_rel
+    assert relative(predicted, torch.from_numpy(latent_fixture["pred_latents"])) < BOUNDS[precision][0]
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_decode_in_half_precision_stays_within_the_fp16_tolerance(models_dir, latent_fixture, precision):
+    models = models_in(models_dir, precision)
     vae = models.vae()
+    assert vae.dtype == HALF[precision]
     models.runtime.load(vae)
-    faces = inpaint.decode_batch(vae, inpaint.unscale(torch.from_numpy(arrays["pred_latents"]), vae.dtype))
-    diff = np.abs(faces.numpy().astype(np.int16) - arrays["recon_bgr"][..., ::-1].astype(np.int16))
-    assert diff.max() <= face_lsb
+    faces = inpaint.decode_batch(vae, inpaint.unscale(torch.from_numpy(latent_fixture["pred_latents"]), vae.dtype))
+    diff = np.abs(faces.numpy().astype(np.int16) - latent_fixture["recon_bgr"][..., ::-1].astype(np.int16))
+    assert diff.max() <= BOUNDS[precision][1]
 
 
 @pytest.mark.parametrize("precision", HALF)
