@@ -25,7 +25,9 @@ def standalone_models(models_dir, monkeypatch):
 @pytest.fixture(scope="module")
 def pipeline(nodes, models_dir):
     """The five-node run, the faces of its FaceDetectAndParse and its LATENT decoded to 256x256 faces."""
-    images, _, _, latent, frames, _ = run_nodes(nodes, "v1.5", "jaw")
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse fixture has not run yet
+        patch.setenv("MUSETALK_MODELS", models_dir)
+        images, _, _, latent, frames, _ = run_nodes(nodes, "v1.5", "jaw")
     model = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
     faces = _faces(nodes, model, images)
     vae = model.vae()
