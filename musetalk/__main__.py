@@ -123,8 +123,7 @@ def _add_lipsync(commands):
                         help="generate (official: a generated mouth on every frame) or source (pauses of at least "
                              f"{MIN_PAUSE_SECONDS:g} s keep the source mouth, faded at the edges; faster)")
     parser.add_argument("--silence-threshold-db", type=float, default=defaults.silence.threshold_dbfs,
-                        help="with --silence source: frames quieter than this RMS dBFS are silent "
-                             f"(default {defaults.silence.threshold_dbfs:g})")
+                        help="with --silence source: frames quieter than this RMS dBFS are silent")
     parser.add_argument("--audio-offset-ms", type=float, default=defaults.audio_offset_ms,
                         help="move the mouth later (positive, when the lips lead the sound) or earlier (negative)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
