@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import fixture_inputs, load_pack
+from musetalk.compose import mouth_frames
 from musetalk.inpaint import decode_batch
 from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.runtime import StandaloneRuntime
@@ -32,7 +33,14 @@ def pipeline(nodes, models_dir):
     faces = _faces(nodes, model, images)
     vae = model.vae()
     model.runtime.load(vae)
-    decoded = torch.cat([decode_batch(vae, latent["samples"][i:i + 4]) for i in range(0, len(latent["samples"]), 4)])
+    # decoded as BlendAndDecode decodes them (its batches of 4 output frames, only the frames with a face), so that
+    # each face comes from the very same VAE call and the comparison can be exact
+    samples, order = latent["samples"], latent["musetalk_source_index"].tolist()
+    decoded = torch.zeros(len(samples), 256, 256, 3, dtype=torch.uint8)
+    for start in range(0, len(samples), 4):
+        active = mouth_frames(faces, order[start:start + 4])
+        if active:
+            decoded[[start + i for i in active]] = decode_batch(vae, samples[start:start + 4][active]).cpu()
     return images, faces, latent, frames, decoded.float() / 255
 
 
