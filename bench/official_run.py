@@ -12,7 +12,7 @@ functions are patched first, none of which removes official work:
   coordinates are then replaced by the clip's known boxes (BOXES: JSON list of [x1, y1, x2, y2] per frame, the
   official format).
 * `DiagonalGaussianDistribution.sample` returns the posterior mean: the official encoder samples the VAE posterior
-  where our pipeline (and the golden fixtures) take the mean (spec section 7, Q1); without this the frames could not
+  where our pipeline (and the golden fixtures) take the mean (README, "What differs"); without this the frames could not
   be compared. It only skips drawing one [1,4,32,32] noise tensor per encode.
 * `shutil.rmtree` of a folder under `--result_dir`: the script deletes its result PNGs at the end; they are moved
   into KEEP instead, for the frame comparison.

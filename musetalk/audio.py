@@ -317,7 +317,7 @@ def frame_index_v15(n_samples, n_features, fps):
     T = floor(seconds * fps). Frame f reads frames a - 2p ... a - 2p + 9 with a = floor(f * (50 / fps)) and
     p = ceil(50 / fps), all in float fps. For integer fps this is the official computation exactly (25 fps:
     2f-4 ... 2f+5). For fractional 50/fps (30, 29.97 fps) the start still rounds down, so consecutive windows
-    advance by 1 or 2 encoder frames, and the window keeps the official fps-dependent offset (spec quirk 6).
+    advance by 1 or 2 encoder frames, and the window keeps the official fps-dependent offset.
     The official clip-length assert fails (exit) only for clips under ~0.1 s; those windows read zeros here.
     """
     multiplier = FEATURE_RATE / fps

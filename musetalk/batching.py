@@ -13,18 +13,10 @@ import torch
 log = logging.getLogger("musetalk")
 
 # Peak activation bytes per item in fp32 at MuseTalk's sizes (256x256 crops, 32x32 latents); the decoder's figure is
-# its measured ~1.7 GB at batch 8, the others are estimates rounded up, since an OOM retry costs more than a smaller
+# measured (bench/README.md), the others are estimates rounded up, since an OOM retry costs more than a smaller
 # batch. Weights are not included: they are on the device before the stage runs.
 ITEM_BYTES = {"unet": 96 * 2 ** 20, "encode": 320 * 2 ** 20, "decode": 224 * 2 ** 20}
 FREE_MEMORY_SHARE = 0.8  # of the free memory: the allocator's fragmentation and the cuDNN workspaces need the rest
-AUTO_BATCH_LIMIT = 64  # `auto` on a GPU: beyond this a batch gains no speed (bench/README.md)
-AUTO_BATCH_ELSEWHERE = 8
-
-
-def auto_batch_size(device):
-    """The upper bound `batch_size="auto"` stands for on `device`: AUTO_BATCH_LIMIT on CUDA (then lowered to the
-    free memory by each stage), AUTO_BATCH_ELSEWHERE on the CPU and MPS, which report no free memory."""
-    return AUTO_BATCH_LIMIT if torch.device(device).type == "cuda" else AUTO_BATCH_ELSEWHERE
 
 
 def fitting_batch_size(model, batch_size, stage):

@@ -1,4 +1,4 @@
-"""Paste generated faces back into their frames, as tensors on any device (spec §5 step 5, §6 step 7).
+"""Paste generated faces back into their frames, as tensors on any device.
 
 This runs once per output frame, so it avoids PIL and OpenCV yet reproduces their integer arithmetic exactly:
 `resize_linear_u8` is OpenCV's fixed-point `cv2.resize(..., INTER_LINEAR)` on uint8, and `paste_faces` is PIL's

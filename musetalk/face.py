@@ -3,7 +3,8 @@
 `detect_and_parse` runs S3FD + DWPose (or takes user-given boxes), applies the official box logic of
 `face_boxes.py`, crops the network inputs and asks the face parser for the paste-back masks. The result, a `FaceTrack`,
 is the MUSETALK_FACES object that the inference and paste-back stages read; frames without a face stay in it, flagged,
-so every output frame keeps its source frame (the official code dropped them and misaligned the rest, spec §7 Q3).
+so every output frame keeps its source frame (the official code dropped them and misaligned the rest; README, "What
+differs from the official implementation").
 """
 import logging
 import zlib

@@ -3,7 +3,7 @@
 Everything follows the official `musetalk/models/vae.py` and the batch loop of `scripts/inference.py` operation by
 operation, so fp32 results match the official numbers and fp16 results match its `--use_float16` mode. The one
 deliberate change: the source latents are the posterior MEAN, where the official code draws a random sample
-(spec §7 Q1; training used the mode, which is the mean of a Gaussian).
+(training used the mode, which is the mean of a Gaussian; README, "What differs from the official implementation").
 
 Latents travel between stages as float32 on `runtime.storage_device`; each network gets its inputs cast to its own
 dtype and hands back float32. fp16 -> float32 -> fp16 is lossless, so the round trip changes no number.

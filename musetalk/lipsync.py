@@ -4,7 +4,8 @@
     render_frames:    latents + source frames   -> output frames                      (BlendAndDecode)
 
 Output frame t shows source frame `source_index[t]` at audio time t/fps. A frame whose source has no face skips the
-networks and comes back unchanged; the official code instead drops it and shifts every later frame (spec §7 Q3).
+networks and comes back unchanged; the official code instead drops it and shifts every later frame (README, "What
+differs from the official implementation").
 """
 import hashlib
 import os
@@ -123,7 +124,7 @@ def _memo_key(models):
 
 
 def _digest(crops):
-    # sha256 runs at about 1.5 GB/s: 0.2 s for a minute of crops, far below one VAE pass over them
+    # hashing the crops costs a small fraction of one VAE pass over them (bench/README.md)
     return hashlib.sha256(memoryview(crops.cpu().contiguous().numpy()).cast("B")).hexdigest()
 
 

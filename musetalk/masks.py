@@ -1,4 +1,4 @@
-"""Blending masks: where the generated face replaces the original frame (spec §5).
+"""Blending masks: where the generated face replaces the original frame.
 
 A square crop around the face box is parsed by BiSeNet into CelebAMask-HQ labels; a parsing mode turns the labels into
 a 0/255 region at 512x512; that region is resized back to the crop, limited to the face box, cut above the box centre
@@ -20,7 +20,7 @@ PARSING_MODES = ("jaw", "raw", "neck", "v1.0")
 CROP_EXPAND = {"jaw": 1.5, "raw": 1.5, "neck": 1.5, "v1.0": 1.2}
 #: Gaussian blur kernel = this ratio of the crop width, for the offline path (`get_image`) of each version
 OFFLINE_BLUR_RATIO = {"jaw": 0.05, "raw": 0.05, "neck": 0.05, "v1.0": 0.1}
-#: the realtime path (`get_image_prepare_material`) blurs with 0.1 in both versions: softer edges (spec §7 Q8)
+#: the realtime path (`get_image_prepare_material`) blurs with 0.1 in both versions: softer edges
 PREPARED_BLUR_RATIO = 0.1
 #: rows of the crop above this fraction of its height never take generated pixels: only the lower face talks
 UPPER_BOUNDARY_RATIO = 0.5

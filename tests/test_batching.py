@@ -55,11 +55,6 @@ def test_batch_size_bounded_by_free_memory_on_cuda_only(monkeypatch):
     assert batching.fitting_batch_size(on_gpu, 64, "decode") == 1
 
 
-def test_auto_batch_size():
-    assert batching.auto_batch_size("cuda:0") == batching.AUTO_BATCH_LIMIT
-    assert batching.auto_batch_size("cpu") == batching.AUTO_BATCH_ELSEWHERE
-
-
 class TinyUNet(torch.nn.Module):
     """Adds the mean of the audio context to the first four latent channels; out of memory above 2 items."""
 

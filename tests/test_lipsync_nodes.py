@@ -55,7 +55,7 @@ def test_frames_match_the_official_pipeline(nodes, version):
     assert frame_count == {"v1.5": 37, "v1.0": 39}[version] == len(frames) == len(latent["samples"])
     ours = (frames * 255).round().to(torch.uint8).numpy()
     # The official run skips the no-face frame when it builds latents, so from output 5 on its faces come from
-    # the wrong source frame (spec §7 Q3, fixed here): only outputs 0..4 are comparable.
+    # the wrong source frame (fixed here, README "What differs"): only outputs 0..4 are comparable.
     assert list(official["written_indices"][:5]) == [0, 1, 2, 3, 4]
     expected = official["frames_first8"][:5, ..., ::-1]
     diff = np.abs(ours[:5].astype(np.int16) - expected.astype(np.int16))

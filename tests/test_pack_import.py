@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, TESTS, fresh_pack
 
-# node ids agreed in the design; every other id must carry the pack's prefix (core ids win over a pack's, contract §1)
+# node ids agreed in the design; every other id must carry the pack's prefix (ComfyUI's core ids win over a pack's)
 DESIGN_CARD_IDS = {"LoadMuseTalkModels", "AudioToWhisperFeatures", "FaceDetectAndParse", "LatentLipInpaint",
                    "BlendAndDecode"}
 NEVER_IMPORTED = ("mmcv", "mmpose", "mmdet", "mmengine", "onnxruntime")

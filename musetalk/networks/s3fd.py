@@ -1,6 +1,6 @@
 """S3FD face detector (the face_alignment variant MuseTalk vendors), key-compatible with `s3fd-619a316812.pth`.
 
-MuseTalk uses its box only to tell whether a frame holds a face and as a fallback crop (spec §3 step 2). The
+MuseTalk uses its box only to tell whether a frame holds a face and as a fallback crop. The
 post-processing follows the official `batch_detect` + `nms` + `score > 0.5` exactly, but runs batched on the device:
 
     logits --softmax--> face score per anchor --score > 0.05--> candidates --decode--> boxes --NMS 0.3--> score > 0.5
@@ -23,8 +23,8 @@ NMS_IOU = 0.3
 FACE_SCORE = 0.5
 VARIANCES = (0.1, 0.2)  # centre and log-size scales of the SSD box encoding
 # Frames per forward pass are chosen so that a batch holds at most this many pixels. Memory peaks at about 0.7 KB
-# per input pixel (two fp32 64-channel maps at full resolution; measured 0.68 KB on the CPU at 960x540), so two 1080p
-# frames need about 3 GB, while 384x384 frames still go 28 at a time. One 1080p frame already keeps a GPU busy,
+# per input pixel (two fp32 64-channel maps at full resolution; bench/README.md), so two 1080p frames need about
+# 3 GB, while 384x384 frames still go 28 at a time. One 1080p frame already keeps a GPU busy,
 # so larger batches would cost memory and gain little speed.
 MAX_BATCH_PIXELS = 2 * 1920 * 1080
 

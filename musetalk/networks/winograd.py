@@ -4,9 +4,8 @@ On a CPU the VAE already runs at ~75% of the machine's GEMM rate, so it only get
 F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 multiplications per input/output channel
 pair instead of 144: the input tiles and the weights are transformed (B^T d B, G g G^T), multiplied channel-wise as
 36 independent GEMMs, and transformed back (A^T m A). The transforms are memory-bound, so this wins only where the
-GEMMs are wide: measured on a 2-core AVX2 CPU, 1.3-2.2x for 512-channel layers at 32-128 px, a loss for 128 and
-256 channels (bench/README.md). The rounding differs from a direct convolution by a few 1e-5 per layer: decoded
-crops move by at most 1/255 on ~0.05% of the pixels, inside the parity tolerance.
+GEMMs are wide: it gains for 512-channel layers and loses for 128 and 256 channels (figures in bench/README.md).
+The rounding differs from a direct convolution by a few 1e-5 per layer, inside the parity tolerance.
 
 `WinogradConv2d` is an `nn.Conv2d` (same parameters and state-dict keys) that the VAE builds for its 3x3 layers
 where both widths reach MIN_CHANNELS; any call that is not CPU float32 (a GPU, half precision, autograd) takes the
