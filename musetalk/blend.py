@@ -80,6 +80,16 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
     frames: uint8 [B,H,W,3]; faces: uint8 [B,h,w,3] (the 256x256 generated crops); face_boxes: B boxes
     (x1, y1, x2, y2) or None (that frame is returned unchanged); masks: B uint8 [2s,2s] arrays or tensors from
     `masks.blend_mask`; crop_boxes: the B matching crop boxes. Returns new uint8 [B,H,W,3] where `frames` are.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"paste_faces expects frames uint8 [B,H,W,3], got {frames.dtype} {tuple(frames.shape)}")
+    out = frames.clone()
+    paste_faces_into(out, range(frames.shape[0]), faces, face_boxes, masks, crop_boxes)
+    return out
+
+
+def paste_faces_into(frames, rows, faces, face_boxes, masks, crop_boxes):
+    """`paste_faces` in place: face k goes into frames[rows[k]], and only the crop-box regions are copied.
 
     The blending runs where `faces` are: only the frames' crop-box regions (and mask parts) travel there and back,
     packed into one copy each way per call, so with frames in host memory and faces on a GPU a 1080p frame moves
@@ -91,14 +101,15 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
         raise ValueError(f"paste_faces expects frames uint8 [B,H,W,3], got {frames.dtype} {tuple(frames.shape)}")
     if faces.dtype != torch.uint8 or faces.ndim != 4 or faces.shape[-1] != 3:
         raise ValueError(f"paste_faces expects faces uint8 [B,h,w,3], got {faces.dtype} {tuple(faces.shape)}")
-    count = frames.shape[0]
+    rows = list(rows)
+    count = len(rows)
     if not (len(faces) == len(face_boxes) == len(masks) == len(crop_boxes) == count):
         raise ValueError(f"paste_faces needs one face, face box, mask and crop box per frame: {count} frames, "
                          f"{len(faces)} faces, {len(face_boxes)} boxes, {len(masks)} masks, "
                          f"{len(crop_boxes)} crop boxes")
     device = faces.device
     height, width = frames.shape[1:3]
-    jobs = []  # (frame, face box, visible crop-box region, that region of the mask)
+    jobs = []  # (face, frame row, face box, visible crop-box region, that region of the mask)
     for i in range(count):
         if face_boxes[i] is None:
             continue
@@ -112,11 +123,11 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
         # only the part of the crop box inside the frame is ever written (PIL clips the paste)
         vx1, vy1, vx2, vy2 = max(cx1, 0), max(cy1, 0), min(cx2, width), min(cy2, height)
         if vx1 < vx2 and vy1 < vy2:
-            jobs.append((i, face_box, (vx1, vy1, vx2, vy2), mask[vy1 - cy1:vy2 - cy1, vx1 - cx1:vx2 - cx1]))
-    bodies = _move([frames[i, y1:y2, x1:x2] for i, _, (x1, y1, x2, y2), _ in jobs], device)
+            jobs.append((i, rows[i], face_box, (vx1, vy1, vx2, vy2), mask[vy1 - cy1:vy2 - cy1, vx1 - cx1:vx2 - cx1]))
+    bodies = _move([frames[row, y1:y2, x1:x2] for _, row, _, (x1, y1, x2, y2), _ in jobs], device)
     regions = _move([mask for *_, mask in jobs], device)
     pasted = []
-    for (i, (fx1, fy1, fx2, fy2), (vx1, vy1, vx2, vy2), _), body, m in zip(jobs, bodies, regions):
+    for (i, _, (fx1, fy1, fx2, fy2), (vx1, vy1, vx2, vy2), _), body, m in zip(jobs, bodies, regions):
         composed = body.clone()
         face = resize_linear_u8(faces[i:i + 1], fy2 - fy1, fx2 - fx1)[0]
         px1, py1, px2, py2 = max(fx1, vx1), max(fy1, vy1), min(fx2, vx2), min(fy2, vy2)
@@ -124,10 +135,8 @@ def paste_faces(frames, faces, face_boxes, masks, crop_boxes):
             composed[py1 - vy1:py2 - vy1, px1 - vx1:px2 - vx1] = face[py1 - fy1:py2 - fy1, px1 - fx1:px2 - fx1]
         m = m.to(torch.int32)[..., None]
         pasted.append(_div255(body.to(torch.int32) * (255 - m) + composed.to(torch.int32) * m).to(torch.uint8))
-    out = frames.clone()
-    for (i, _, (x1, y1, x2, y2), _), region in zip(jobs, _move(pasted, frames.device)):
-        out[i, y1:y2, x1:x2] = region
-    return out
+    for (_, row, _, (x1, y1, x2, y2), _), region in zip(jobs, _move(pasted, frames.device)):
+        frames[row, y1:y2, x1:x2] = region
 
 
 def _move(tensors, device):

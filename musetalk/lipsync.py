@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .compose import mouth_frames, paste_mouths
+from .compose import pasted_batches
 from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents, unscale
-from .silence import mask_levels
+
 
 @dataclass
 class SourceLatents:
@@ -155,18 +155,11 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
     weights: [T] mouth weights (`silence.mouth_weights`; None = all 1): frames at 0 keep the source frame without a
     decode, frames between 0 and 1 paste the generated face with the mask scaled down (`compose.paste_mouths`).
     """
-    runtime, vae = models.runtime, models.vae()
-    runtime.load(vae)
-    all_levels = None if weights is None else mask_levels(weights)
-    progress = runtime.progress(len(source_index))
-    for start in range(0, len(source_index), batch_size):
-        runtime.check_interrupt()
-        sources = source_index[start:start + batch_size].tolist()
-        levels = None if all_levels is None else all_levels[start:start + batch_size]
-        frames = torch.as_tensor(read_frames(sources)).cpu()
-        active = mouth_frames(faces, sources, levels)
-        if active:
-            generated = decode_batch(vae, samples[start:start + batch_size][active])
-            frames = paste_mouths(faces, frames, sources, active, generated, levels)
-        progress.update(len(sources), preview=generated[0].cpu().numpy() if active else None)
+    vae = models.vae()
+    models.runtime.load(vae)
+
+    def decoded(start, active):
+        return decode_batch(vae, samples[start:start + batch_size][active])
+
+    for frames, _ in pasted_batches(models.runtime, faces, source_index, read_frames, batch_size, decoded, weights):
         yield frames

@@ -75,7 +75,8 @@ def tf32(allowed):
 
 
 class Progress:
-    """Counts finished work units; `preview` is an optional [H,W,3] uint8 RGB image of the latest result.
+    """Counts finished work units; `preview` is an optional [H,W,3] uint8 RGB image of the latest result, or a
+    function returning one, called only where previews are shown (a face on a GPU then leaves it only for that).
 
     Inside ComfyUI the preview is shown on the node as it is, so it must be RGB, not the BGR of cv2."""
 

@@ -171,6 +171,8 @@ class ComfyRuntime(Runtime):
         bar = comfy.utils.ProgressBar(total)
 
         def update(done, total, preview):
+            if callable(preview):
+                preview = preview()
             if preview is not None:
                 from PIL import Image
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from ..musetalk.weights import WeightsError
+from .images import flat_frames
 
 IMAGE_CHANNELS = (1, 3, 4)
 # one uint8 step of slack: values a resize or a sharpen pushed just past the range are clamped, not refused
@@ -37,6 +38,17 @@ def image(value, node, name):
         raise ValueError(f"{where}: the IMAGE is empty (shape {list(shape)}); give at least one frame")
     _require_float_range(value, where, "IMAGE", "image / 255")
     return value
+
+
+def source_frames(images, faces, node):
+    """Check the `images` input of a node that also takes the MUSETALK_FACES found in them: an IMAGE with one frame
+    of the faces' size per face frame. Returns it as [B,H,W,C] (a [N,T,H,W,C] video batch flattened)."""
+    images = flat_frames(image(images, node, "images"))
+    if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
+        raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
+                         f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
+                         "into FaceDetectAndParse")
+    return images
 
 
 def audio(value, node, name):

@@ -7,13 +7,13 @@ source mouth): BlendAndDecode and MuseTalkPasteFaces read them to put every face
 import numpy as np
 import torch
 
-from ..musetalk.inpaint import CYCLE_MODES, cycle_indices
-from ..musetalk.compose import mouth_frames, paste_mouths
+from ..musetalk.compose import pasted_batches
+from ..musetalk.inpaint import cycle_indices
 from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
-from ..musetalk.silence import SilenceSettings, mask_levels, mouth_weights
+from ..musetalk.silence import SilenceSettings, mouth_weights
 from ..musetalk.video import fit_audio
-from . import inputs, sockets
-from .images import flat_frames, to_image, to_uint8
+from . import comfy_runtime, inputs, sockets
+from .images import to_image, to_uint8
 
 
 class LatentLipInpaint:
@@ -34,9 +34,7 @@ class LatentLipInpaint:
             "crops": sockets.CROPS,
             "features": ("MUSETALK_WHISPER_FEATURES",),
             "batch_size": sockets.BATCH_SIZE,
-            "cycle": (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
-                "How the video covers the audio. pingpong (official): forwards then backwards, repeated; "
-                "loop: restart from the first frame; once: stop at the shorter of video and audio.")}),
+            "cycle": sockets.CYCLE,
         }, "optional": {
             "silence": sockets.SILENCE,
             "silence_threshold_db": sockets.SILENCE_THRESHOLD_DB,
@@ -56,12 +54,17 @@ class LatentLipInpaint:
         return (latent_output(samples.cpu(), source_index, features.fps, weights),)
 
 
-class BlendAndDecode:
-    DESCRIPTION = ("Decodes the generated mouths and blends them into the source frames with the face-parsing "
-                   "mask. Returns one frame per audio frame, and the audio cut to exactly that length.")
+class PastedFrames:
+    """What BlendAndDecode and MuseTalkPasteFaces share: one frame per LATENT frame out, and the audio cut to them."""
+
     CATEGORY = "MuseTalk"
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("images", "audio")
+
+
+class BlendAndDecode(PastedFrames):
+    DESCRIPTION = ("Decodes the generated mouths and blends them into the source frames with the face-parsing "
+                   "mask. Returns one frame per audio frame, and the audio cut to exactly that length.")
     FUNCTION = "blend"
 
     @classmethod
@@ -74,33 +77,25 @@ class BlendAndDecode:
             "images": sockets.SOURCE_FRAMES,
             "batch_size": sockets.BATCH_SIZE,
         }, "optional": {
-            "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
+            "audio": sockets.FIT_AUDIO,
         }}
 
     def blend(self, model, latent, faces, images, batch_size, audio=None):
-        images = _source_frames(images, faces, "BlendAndDecode")
+        images = inputs.source_frames(images, faces, "BlendAndDecode")
         samples = latent["samples"]
         source_index, weights = _frame_order(latent, faces, len(samples))
-        # the output IMAGE is made once and filled a batch at a time: besides ComfyUI's IMAGE in and out, only a
-        # batch of frames exists at once
-        output = torch.empty((len(source_index), *images.shape[1:]), dtype=torch.float32)
-        done = 0
-        for batch in render_frames(model, faces, samples, source_index, lambda idx: to_uint8(images[idx]),
-                                   batch_size, weights):
-            output[done:done + len(batch)] = to_image(batch)
-            done += len(batch)
+        batches = render_frames(model, faces, samples, source_index, lambda idx: to_uint8(images[idx]), batch_size,
+                                weights)
+        output = _gathered(batches, len(source_index), images)
         return output, _fit(audio, len(output), latent.get("musetalk_fps"))
 
 
-class MuseTalkPasteFaces:
+class MuseTalkPasteFaces(PastedFrames):
     DESCRIPTION = ("Pastes generated faces from any source into the frames with the face-parsing mask: the "
                    "LATENT decoded by core VAE Decode (256x256), optionally sharpened by a face restorer or "
                    "upscale model (512 or 1024). Each face goes onto the source frame the LATENT names; frames "
                    "without a face and silent frames kept by silence = source come back unchanged. With 256x256 "
                    "faces the result equals MuseTalk Blend And Decode.")
-    CATEGORY = "MuseTalk"
-    RETURN_TYPES = ("IMAGE", "AUDIO")
-    RETURN_NAMES = ("images", "audio")
     FUNCTION = "paste"
 
     @classmethod
@@ -115,24 +110,20 @@ class MuseTalkPasteFaces:
             "images": sockets.SOURCE_FRAMES,
             "batch_size": sockets.BATCH_SIZE,
         }, "optional": {
-            "audio": ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."}),
+            "audio": sockets.FIT_AUDIO,
         }}
 
     def paste(self, generated, latent, faces, images, batch_size, audio=None):
-        images = _source_frames(images, faces, "MuseTalkPasteFaces")
+        images = inputs.source_frames(images, faces, "MuseTalkPasteFaces")
         source_index, weights = _frame_order(latent, faces, len(latent["samples"]))
         _check_generated(generated, len(source_index))
-        levels = None if weights is None else mask_levels(weights)
-        output = torch.empty((len(source_index), *images.shape[1:]), dtype=torch.float32)
-        for start in range(0, len(source_index), batch_size):
-            sources = source_index[start:start + batch_size].tolist()
-            batch_levels = None if levels is None else levels[start:start + batch_size]
-            batch = to_uint8(images[sources])
-            active = mouth_frames(faces, sources, batch_levels)
-            if active:
-                faces_in = to_uint8(generated[start:start + batch_size][active])
-                batch = paste_mouths(faces, batch, sources, active, faces_in, batch_levels)
-            output[start:start + len(sources)] = to_image(batch)
+
+        def restored(start, active):
+            return to_uint8(generated[start:start + batch_size][active])
+
+        batches = pasted_batches(comfy_runtime.current_runtime(), faces, source_index,
+                                 lambda idx: to_uint8(images[idx]), batch_size, restored, weights)
+        output = _gathered((frames for frames, _ in batches), len(source_index), images)
         return output, _fit(audio, len(output), latent.get("musetalk_fps"))
 
 
@@ -143,13 +134,15 @@ def latent_output(samples, source_index, fps, weights):
             "musetalk_mouth_weight": weights}
 
 
-def _source_frames(images, faces, node):
-    images = flat_frames(inputs.image(images, node, "images"))
-    if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
-        raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
-                         f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
-                         "into FaceDetectAndParse")
-    return images
+def _gathered(batches, count, images):
+    """The IMAGE of `count` frames from uint8 batches, made once and filled a batch at a time: besides ComfyUI's
+    IMAGE in and out, only a batch of frames exists at once."""
+    output = torch.empty((count, *images.shape[1:]), dtype=torch.float32)
+    done = 0
+    for batch in batches:
+        output[done:done + len(batch)] = to_image(batch)
+        done += len(batch)
+    return output
 
 
 def _frame_order(latent, faces, count):

@@ -1,6 +1,7 @@
 """Input sockets several nodes share, declared once so their types and tooltips cannot drift apart."""
 from ..musetalk.audio import MAX_FPS
 from ..musetalk.audio_offset import MAX_OFFSET_MS
+from ..musetalk.inpaint import CYCLE_MODES
 from ..musetalk.silence import DEFAULT_THRESHOLD_DBFS, MIN_PAUSE_SECONDS, SILENCE_MODES
 
 MODEL = ("MUSETALK_MODEL",)
@@ -9,11 +10,17 @@ CROPS = ("IMAGE", {"tooltip": "The crops output of the same FaceDetectAndParse n
 SOURCE_FRAMES = ("IMAGE", {"tooltip": "The same frames that went into FaceDetectAndParse."})
 BATCH_SIZE = ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": (
     "Frames per network call. Larger is faster on a GPU with memory to spare; results do not change.")})
+CYCLE = (list(CYCLE_MODES), {"default": "pingpong", "tooltip": (
+    "How the video covers the audio. pingpong (official): forwards then backwards, repeated; "
+    "loop: restart from the first frame; once: stop at the shorter of video and audio.")})
+FIT_AUDIO = ("AUDIO", {"tooltip": "The speech; it comes back trimmed or padded to the video's length."})
 
 
 def fps(tooltip):
     """A video frame rate input; fractional rates (29.97) are kept as they are."""
     return ("FLOAT", {"default": 25.0, "min": 1.0, "max": MAX_FPS, "step": 0.001, "tooltip": tooltip})
+
+
 AUDIO_OFFSET_MS = ("FLOAT", {"default": 0.0, "min": -MAX_OFFSET_MS, "max": MAX_OFFSET_MS, "step": 1.0, "tooltip": (
     "Moves the mouth against the sound, in ms. Positive: the mouth moves later (use it when the lips lead the "
     "sound); negative: earlier (lips lag). Multiples of one frame (40 ms at 25 fps) shift whole frames exactly; "

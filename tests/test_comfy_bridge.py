@@ -207,6 +207,13 @@ def test_progress_goes_to_progress_bar_with_jpeg_previews(comfy, pack):
     assert (kind, image.size, image.mode, max_size) == ("JPEG", (48, 32), "RGB", 256)
 
 
+def test_a_preview_given_as_a_function_is_made_when_shown(comfy, pack):
+    # the engine passes a face still on the device as a function, so that only a shown preview copies it
+    runtime_of(pack).progress(1).update(1, preview=lambda: np.full((16, 24, 3), 9, np.uint8))
+    (update,) = comfy.utils.updates
+    assert update[2][0] == "JPEG" and update[2][1].size == (24, 16)
+
+
 def test_interrupt_propagates(comfy, pack):
     mm = comfy.model_management
     runtime = runtime_of(pack)
