@@ -12,6 +12,9 @@ from .images import to_image, to_uint8
 
 log = logging.getLogger("musetalk")
 
+# (types, names) of what Save Avatar passes through and Load Avatar gives
+AVATAR_OUTPUTS = ("MUSETALK_FACES", "IMAGE", "IMAGE", "FLOAT"), ("faces", "crops", "images", "fps")
+
 
 class MuseTalkSaveAvatar:
     DESCRIPTION = ("Saves everything the lip sync needs from this video (face boxes, crops, masks, VAE latents, "
@@ -19,8 +22,7 @@ class MuseTalkSaveAvatar:
                    "MuseTalk Load Avatar for any new audio. Passes its inputs through so it can sit inline.")
     CATEGORY = "MuseTalk"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("MUSETALK_FACES", "IMAGE", "IMAGE", "FLOAT")
-    RETURN_NAMES = ("faces", "crops", "images", "fps")
+    RETURN_TYPES, RETURN_NAMES = AVATAR_OUTPUTS
     FUNCTION = "save"
 
     @classmethod
@@ -41,37 +43,28 @@ class MuseTalkSaveAvatar:
 
     def save(self, model, faces, crops, images, fps, name):
         crop_frames = to_uint8(inputs.image(crops, "MuseTalkSaveAvatar", "crops"))
-        inputs.image(images, "MuseTalkSaveAvatar", "images")
+        frames = inputs.source_frames(images, faces, "MuseTalkSaveAvatar")
         if faces.version != model.version:
             raise ValueError(f"the faces were found for MuseTalk {faces.version} but the model is MuseTalk "
                              f"{model.version}: use the same MuseTalk Load Models node for both")
-        if len(images) != len(faces) or tuple(images.shape[1:3]) != tuple(faces.frame_size):
-            raise ValueError(f"images are {len(images)} frames of {tuple(images.shape[1:3])} but faces were found in "
-                             f"{len(faces)} frames of {tuple(faces.frame_size)}: connect the same images that went "
-                             "into FaceDetectAndParse")
         path = comfy_runtime.avatar_path(name)
-        avatar = prepare_avatar(model, faces, crop_frames, to_uint8(images), fps)
+        avatar = prepare_avatar(model, faces, crop_frames, to_uint8(frames), fps)
         save_avatar(avatar, path)
         log.info("MuseTalk: saved avatar %s (%d frames)", path, len(faces))
         return {"ui": {"text": [path]}, "result": (faces, crops, images, fps)}
 
 
-class MuseTalkLoadAvatar:
-    DESCRIPTION = ("Loads an avatar saved by MuseTalk Save Avatar: faces, crops, frames and fps of the video, with "
-                   "the VAE latents already attached, so LatentLipInpaint runs only the UNet for a new audio.")
-    CATEGORY = "MuseTalk"
-    RETURN_TYPES = ("MUSETALK_FACES", "IMAGE", "IMAGE", "FLOAT")
-    RETURN_NAMES = ("faces", "crops", "images", "fps")
-    FUNCTION = "load"
+class ReadsSavedAvatar:
+    """The `model` and `avatar` inputs of the nodes that read a saved avatar, and the checks ComfyUI asks them for."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
+    @staticmethod
+    def avatar_inputs():
+        return {
             "model": ("MUSETALK_MODEL", {"tooltip": "Must be the MuseTalk version the avatar was saved with."}),
             "avatar": (list_avatars(comfy_runtime.avatar_dir()), {"tooltip": "Avatars in <ComfyUI output>/musetalk/"
                                                                              "avatars (refresh the page after saving "
                                                                              "a new one)."}),
-        }}
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, avatar=None):
@@ -95,6 +88,18 @@ class MuseTalkLoadAvatar:
         except (OSError, ValueError):
             return ""
         return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+class MuseTalkLoadAvatar(ReadsSavedAvatar):
+    DESCRIPTION = ("Loads an avatar saved by MuseTalk Save Avatar: faces, crops, frames and fps of the video, with "
+                   "the VAE latents already attached, so LatentLipInpaint runs only the UNet for a new audio.")
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES, RETURN_NAMES = AVATAR_OUTPUTS
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": cls.avatar_inputs()}
 
     def load(self, model, avatar):
         with inputs.advice("MuseTalk Save Avatar writes avatars; the MuseTalk version is chosen in MuseTalk Load "

@@ -1,22 +1,20 @@
 """MuseTalkLipSyncVideo and MuseTalkAvatarLipSyncVideo: a core VIDEO (or a saved avatar) and speech in, a core VIDEO
 out, streamed through the engine loop of the command line, so memory stays flat in the video's length."""
 from ..musetalk.audio import check_waveform
-from ..musetalk.avatar import AvatarFrames, avatar_sources, list_avatars, load_avatar
+from ..musetalk.avatar import AvatarFrames, avatar_sources, load_avatar
+from ..musetalk.face import FaceSettings
 from ..musetalk.face_boxes import parse_bboxes
 from ..musetalk.pipeline import LipSyncOptions, PreparedVideo, lipsync_stream
 from ..musetalk.silence import SilenceSettings
 from ..musetalk.video import FrameSource, VideoFrames
 from . import comfy_runtime, sockets
-from .avatar import MuseTalkLoadAvatar
+from .avatar import ReadsSavedAvatar
 from .face import FaceDetectAndParse, face_settings
 from .images import to_uint8
-from .lipsync import LatentLipInpaint
 
 # the options of Latent Lip Inpaint and Audio To Whisper Features that set the mouth's timing
 TIMING_INPUTS = {"silence": sockets.SILENCE, "silence_threshold_db": sockets.SILENCE_THRESHOLD_DB,
                  "audio_offset_ms": sockets.AUDIO_OFFSET_MS}
-OUTPUT_TIP = ("The lip-synced video with the speech as its sound, one frame per audio frame (per cycle), written to "
-              "ComfyUI's temp folder: connect Save Video to keep it.")
 
 
 class ImageBatchFrames(FrameSource):
@@ -50,16 +48,28 @@ def lipsync_to_video(model, source, audio, options, boxes=None, prepared=None):
     return (comfy_runtime.video_from_file(out),)
 
 
-class MuseTalkLipSyncVideo:
+def lipsync_options(batch_size, cycle, silence, silence_threshold_db, audio_offset_ms, face=None):
+    """The engine's LipSyncOptions from the inputs the two video nodes share; ComfyUI keeps the networks loaded."""
+    return LipSyncOptions(face or FaceSettings(), batch_size, cycle, release_networks=False,
+                          silence=SilenceSettings(silence, silence_threshold_db), audio_offset_ms=audio_offset_ms)
+
+
+class WritesVideo:
+    """What the two nodes that write a lip-synced VIDEO share: the output and where they sit."""
+
+    CATEGORY = "MuseTalk"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The lip-synced video with the speech as its sound, one frame per audio frame (per cycle), "
+                       "written to ComfyUI's temp folder: connect Save Video to keep it.",)
+    FUNCTION = "lipsync"
+
+
+class MuseTalkLipSyncVideo(WritesVideo):
     DESCRIPTION = ("The whole lip sync in one node, for videos of any length: reads the video a batch of frames at a "
                    "time, finds the faces, repaints the mouths to the speech and writes the result as a video file, "
                    "so memory stays flat in the video's length. Its options are those of Face Detect And Parse and "
                    "Latent Lip Inpaint, and its frames equal those of the five-node graph.")
-    CATEGORY = "MuseTalk"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = (OUTPUT_TIP,)
-    FUNCTION = "lipsync"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -71,7 +81,7 @@ class MuseTalkLipSyncVideo:
         }
         required.update((name, spec) for name, spec in face["required"].items() if name not in ("model", "images"))
         required["batch_size"] = sockets.BATCH_SIZE
-        required["cycle"] = LatentLipInpaint.INPUT_TYPES()["required"]["cycle"]
+        required["cycle"] = sockets.CYCLE
         return {"required": required, "optional": {**face["optional"], **TIMING_INPUTS}}
 
     def lipsync(self, model, video, audio, bbox_shift, extra_margin, parsing_mode, left_cheek_width,
@@ -81,50 +91,30 @@ class MuseTalkLipSyncVideo:
         boxes = parse_bboxes(bboxes, source.count, source.size)
         face = face_settings(bbox_shift, extra_margin, parsing_mode, left_cheek_width, right_cheek_width,
                              face_select, face_index, smooth_boxes)
-        options = LipSyncOptions(face, batch_size, cycle, release_networks=False,
-                                 silence=SilenceSettings(silence, silence_threshold_db),
-                                 audio_offset_ms=audio_offset_ms)
+        options = lipsync_options(batch_size, cycle, silence, silence_threshold_db, audio_offset_ms, face)
         return lipsync_to_video(model, source, audio, options, boxes)
 
 
-class MuseTalkAvatarLipSyncVideo:
+class MuseTalkAvatarLipSyncVideo(ReadsSavedAvatar, WritesVideo):
     DESCRIPTION = ("Lip-syncs a saved avatar (MuseTalk Save Avatar) to a new speech and writes a video file: only the "
                    "UNet, the decode and the paste run, and the avatar's frames are read from its file a batch at a "
                    "time, so memory stays flat in the avatar's length.")
-    CATEGORY = "MuseTalk"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = (OUTPUT_TIP,)
-    FUNCTION = "lipsync"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MUSETALK_MODEL", {"tooltip": "Must be the MuseTalk version the avatar was saved with."}),
-            "avatar": (list_avatars(comfy_runtime.avatar_dir()), {"tooltip": "Avatars in <ComfyUI output>/musetalk/"
-                                                                             "avatars (refresh the page after saving "
-                                                                             "a new one)."}),
+            **cls.avatar_inputs(),
             "audio": ("AUDIO", {"tooltip": "The new speech."}),
             "batch_size": sockets.BATCH_SIZE,
-            "cycle": LatentLipInpaint.INPUT_TYPES()["required"]["cycle"],
+            "cycle": sockets.CYCLE,
         }, "optional": TIMING_INPUTS}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, avatar=None):
-        return MuseTalkLoadAvatar.VALIDATE_INPUTS(avatar)
-
-    @classmethod
-    def IS_CHANGED(cls, avatar=None, **_linked):
-        return MuseTalkLoadAvatar.IS_CHANGED(avatar)
 
     def lipsync(self, model, avatar, audio, batch_size, cycle, silence="generate",
                 silence_threshold_db=SilenceSettings.threshold_dbfs, audio_offset_ms=0.0):
         path = comfy_runtime.avatar_path(avatar)
         loaded = load_avatar(path, model, mapped=True)
         prepared = PreparedVideo(loaded.faces, avatar_sources(model, loaded))
-        options = LipSyncOptions(batch_size=batch_size, cycle=cycle, release_networks=False,
-                                 silence=SilenceSettings(silence, silence_threshold_db),
-                                 audio_offset_ms=audio_offset_ms)
+        options = lipsync_options(batch_size, cycle, silence, silence_threshold_db, audio_offset_ms)
         return lipsync_to_video(model, AvatarFrames(path, loaded), audio, options, prepared=prepared)
 
 
