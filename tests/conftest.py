@@ -22,6 +22,21 @@ def models_dir(tmp_path_factory):
     return checkpoint_generator.generate(str(tmp_path_factory.mktemp("models")))
 
 
+@pytest.fixture(scope="module")
+def nodes():
+    """The pack's NODE_CLASS_MAPPINGS, the pack imported as ComfyUI imports it."""
+    return load_pack().NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def standalone_models(models_dir):
+    """MUSETALK_MODELS set to the generated checkpoints for a whole module, so that its module-scoped fixtures which
+    run nodes see it too (a function-scoped monkeypatch is only applied after them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MUSETALK_MODELS", models_dir)
+        yield models_dir
+
+
 def fixture(name):
     """(arrays, sidecar) of a golden fixture, e.g. fixture("b_vae_unet_v15")."""
     arrays = dict(np.load(os.path.join(FIXTURES, name + ".npz")))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture, fixture_inputs, load_pack
+from conftest import fixture, fixture_inputs
 
 CASES = {"v1.5": ("f_pipeline_head_v15", "jaw"), "v1.0": ("f_pipeline_v10", "v1.0")}
 NO_FACE = 5  # the clip's frame without a face
@@ -37,14 +37,7 @@ def _run_nodes(nodes, version, parsing_mode, cycle, batch_size):
     return images, frame_count, masks, latent, frames, fitted
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(autouse=True)
-def standalone_models(models_dir, monkeypatch):
-    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+pytestmark = pytest.mark.usefixtures("standalone_models")
 
 
 @pytest.mark.parametrize("version", ["v1.5", "v1.0"])

@@ -16,11 +16,6 @@ FRAMES = torch.full((2, 64, 48, 3), 0.5)
 
 
 @pytest.fixture(scope="module")
-def nodes():
-    return load_pack().NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
 def inputs():
     return importlib.import_module(load_pack().__name__ + ".nodes.inputs")
 

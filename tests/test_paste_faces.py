@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import fixture_inputs, load_pack
+from conftest import fixture_inputs
 from musetalk.compose import mouth_frames
 from musetalk.inpaint import decode_batch
 from musetalk.models import ModelFiles, MuseTalkModels
@@ -13,23 +13,14 @@ from musetalk.runtime import StandaloneRuntime
 from test_lipsync_nodes import NO_FACE, run_nodes
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(autouse=True)
-def standalone_models(models_dir, monkeypatch):
-    monkeypatch.setenv("MUSETALK_MODELS", models_dir)
+pytestmark = pytest.mark.usefixtures("standalone_models")
 
 
 @pytest.fixture(scope="module")
-def pipeline(nodes, models_dir):
+def pipeline(nodes, standalone_models):
     """The five-node run, the faces of its FaceDetectAndParse and its LATENT decoded to 256x256 faces."""
-    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse fixture has not run yet
-        patch.setenv("MUSETALK_MODELS", models_dir)
-        images, _, _, latent, frames, _ = run_nodes(nodes, "v1.5", "jaw")
-    model = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
+    images, _, _, latent, frames, _ = run_nodes(nodes, "v1.5", "jaw")
+    model = MuseTalkModels("v1.5", ModelFiles([standalone_models]), StandaloneRuntime("cpu"))
     faces = _faces(nodes, model, images)
     vae = model.vae()
     model.runtime.load(vae)
