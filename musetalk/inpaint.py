@@ -8,6 +8,8 @@ deliberate change: the source latents are the posterior MEAN, where the official
 Latents travel between stages as float32 on `runtime.storage_device`; each network gets its inputs cast to its own
 dtype and hands back float32. fp16 -> float32 -> fp16 is lossless, so the round trip changes no number.
 """
+import functools
+
 import numpy as np
 import torch
 
@@ -101,7 +103,13 @@ def audio_context(features, device, dtype):
 
     The sum is taken in the UNet dtype, as the official code adds its fp16 `pe` buffer to fp16 features.
     """
-    return to_device(features, device, dtype) + audio_positional_encoding().to(device, dtype)
+    return to_device(features, device, dtype) + _position_code(torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _position_code(device, dtype):
+    # made and copied to the device once, not for every batch (read-only: every use adds it into a new tensor)
+    return audio_positional_encoding().to(device, dtype)
 
 
 def to_device(tensor, device, dtype):

@@ -82,7 +82,8 @@ def _runs(flags):
 
 def mask_levels(weights):
     """Mouth weights -> int mask strengths 0..255 (255 leaves the paste mask as it is), one per frame."""
-    return [int(v) for v in torch.round(torch.as_tensor(weights, dtype=torch.float32) * FULL).clamp(0, FULL)]
+    levels = torch.round(torch.as_tensor(weights, dtype=torch.float32).cpu() * FULL).clamp(0, FULL)
+    return levels.to(torch.int64).tolist()
 
 
 def fade_mask(mask, level):
