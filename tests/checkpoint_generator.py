@@ -134,6 +134,62 @@ def write_vae(root, size, seed):
         os.symlink("sd-vae", os.path.join(root, "sd-vae-ft-mse"))  # the v1.0 folder name
 
 
+_LEGACY_TO_ORIGINAL = {"group_norm": "norm", "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+
+
+def _original_prefixes(levels, layers):
+    """diffusers module prefix -> CompVis (ldm) prefix, written out block by block for a KL autoencoder."""
+    table = {"quant_conv.": "quant_conv.", "post_quant_conv.": "post_quant_conv."}
+    for side in ("encoder", "decoder"):
+        table.update({f"{side}.conv_in.": f"{side}.conv_in.", f"{side}.conv_out.": f"{side}.conv_out.",
+                      f"{side}.conv_norm_out.": f"{side}.norm_out.",
+                      f"{side}.mid_block.resnets.0.": f"{side}.mid.block_1.",
+                      f"{side}.mid_block.resnets.1.": f"{side}.mid.block_2."})
+        for legacy, original in _LEGACY_TO_ORIGINAL.items():
+            table[f"{side}.mid_block.attentions.0.{legacy}."] = f"{side}.mid.attn_1.{original}."
+    for level in range(levels):
+        up = levels - 1 - level  # ldm numbers decoder levels from the highest resolution, diffusers from the lowest
+        for j in range(layers):
+            table[f"encoder.down_blocks.{level}.resnets.{j}."] = f"encoder.down.{level}.block.{j}."
+        for j in range(layers + 1):
+            table[f"decoder.up_blocks.{level}.resnets.{j}."] = f"decoder.up.{up}.block.{j}."
+        if level < levels - 1:
+            table[f"encoder.down_blocks.{level}.downsamplers.0."] = f"encoder.down.{level}.downsample."
+            table[f"decoder.up_blocks.{level}.upsamplers.0."] = f"decoder.up.{up}.upsample."
+    return table
+
+
+def original_vae_layout(legacy_state, levels=4, layers=2):
+    """The sd-vae folder's state dict (legacy attention names) under the CompVis names of a single-file VAE, as
+    ComfyUI's models/vae files (vae-ft-mse-840000-ema-pruned.safetensors) hold it."""
+    table = _original_prefixes(levels, layers)
+    original = {}
+    for key, value in legacy_state.items():
+        prefix = max((p for p in table if key.startswith(p)), key=len)
+        leaf = key[len(prefix):].replace("conv_shortcut.", "nin_shortcut.")
+        if ".mid_block.attentions.0." in prefix and value.ndim == 2:
+            value = value[:, :, None, None]  # ldm's attention projections are 1x1 convolutions
+        original[table[prefix] + leaf] = value.contiguous()
+    assert len(original) == len(legacy_state)
+    return original
+
+
+def write_single_file_vae(path, size="full", seed=FIXTURE_SEED):
+    """The generator's sd-vae weights as one original-layout .safetensors file at `path` (the form both
+    LoadMuseTalkModels' `vae` option and ComfyUI's own Load VAE read from models/vae; ComfyUI only builds the
+    full-size network, ~320 MiB in fp32). Written whole under a temporary name, so an interrupted run leaves none."""
+    from safetensors.torch import save_file
+
+    spec = load_spec("vae_" + size)
+    config = spec["config"]
+    state = original_vae_layout(build_state_dict(spec, seed, "vae")[0], len(config["block_out_channels"]),
+                                config["layers_per_block"])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(state, path + ".part")
+    os.replace(path + ".part", path)
+    return path
+
+
 def write_whisper(root, seed):
     spec = load_spec("whisper_hf")
     state, _ = build_state_dict(spec, seed, "whisper", via_fp16=True)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -275,6 +276,12 @@ class ComfyServer:
                                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())["name"]
+
+    def output_file(self, item, timeout=60):
+        """The bytes of a file a node reported in its ui outputs ({filename, subfolder, type}), as the UI fetches it."""
+        query = urllib.parse.urlencode({k: item[k] for k in ("filename", "subfolder", "type") if k in item})
+        with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=timeout) as response:
+            return response.read()
 
     def object_info(self):
         if self._object_info is None:

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+import checkpoint_generator
 from comfyui_live import PACK_FOLDER, REPO, ComfyError, server_from_env
 from conftest import fresh_pack
 
@@ -18,11 +19,26 @@ pytestmark = pytest.mark.skipif(not (os.environ.get("COMFYUI_DIR") and os.enviro
 
 
 @pytest.fixture(scope="module")
-def server(models_dir, tmp_path_factory):
-    """ComfyUI with this checkout linked in and the generated checkpoints as an extra `musetalk` model path."""
+def vae_folder(tmp_path_factory):
+    """The server's models/vae (empty until a test links a VAE file in; ComfyUI lists it afresh on every prompt)."""
+    return tmp_path_factory.mktemp("comfyui_vae")
+
+
+@pytest.fixture(scope="session")
+def full_size_vae(tmp_path_factory):
+    """A random-weight sd-vae-ft-mse at full size as one original-layout .safetensors file (~320 MiB): the only
+    size ComfyUI's own Load VAE builds."""
+    folder = tmp_path_factory.mktemp("full_size_vae")
+    return checkpoint_generator.write_single_file_vae(str(folder / "musetalk-random-full-vae.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, vae_folder, tmp_path_factory):
+    """ComfyUI with this checkout linked in, the generated checkpoints as an extra `musetalk` model path and
+    `vae_folder` as a `vae` one."""
     work = tmp_path_factory.mktemp("comfyui_live")
     config = work / "extra_model_paths.yaml"
-    config.write_text(f"musetalk_tests:\n    musetalk: {models_dir}\n")
+    config.write_text(f"musetalk_tests:\n    musetalk: {models_dir}\n    vae: {vae_folder}\n")
     (work / "input").mkdir()  # LoadImage lists it for /object_info; were it missing, the node would be left out
     live = server_from_env(extra_args=["--extra-model-paths-config", str(config), "--input-directory",
                                        str(work / "input"), "--output-directory", str(work / "output")])
@@ -177,9 +193,9 @@ def test_runtime_on_real_model_management(models_dir):
     }
 
 
-@pytest.mark.parametrize("name", ["musetalk_v15_lipsync.json", "musetalk_v10_lipsync.json"])
-def test_shipped_workflow_runs_to_a_saved_video(server, tmp_path, name):
-    """workflows/<name> as a user loads it, with an uploaded clip and speech, on the generated checkpoints."""
+def shipped_prompt(server, tmp_path, name, frames=slice(None)):
+    """workflows/<name> as the frontend sends it, with an uploaded clip of the fixture's `frames` (384x384, 25 fps),
+    the fixture speech, and the boxes of those frames given (random-weight detectors find no face)."""
     import numpy as np
 
     from comfyui_live import workflow_to_prompt
@@ -189,7 +205,7 @@ def test_shipped_workflow_runs_to_a_saved_video(server, tmp_path, name):
     inputs = fixture_inputs()
     clip = tmp_path / "musetalk_live_clip.mp4"
     writer = VideoWriter(str(clip), 25, (384, 384))
-    writer.write(np.ascontiguousarray(inputs["frames_bgr"][..., ::-1]))
+    writer.write(np.ascontiguousarray(inputs["frames_bgr"][frames, :, :, ::-1]))
     writer.close()
     with open(os.path.join(REPO, "workflows", name)) as f:
         workflow = json.load(f)
@@ -199,8 +215,123 @@ def test_shipped_workflow_runs_to_a_saved_video(server, tmp_path, name):
             node["inputs"]["file"] = server.upload(str(clip))
         elif node["class_type"] == "LoadAudio":
             node["inputs"]["audio"] = server.upload(os.path.join(FIXTURES, "input_a16.wav"))
-        elif node["class_type"] == "FaceDetectAndParse":  # random-weight detectors find no face: give the boxes
-            node["inputs"]["bboxes"] = json.dumps([None if b[0] < 0 else b.tolist() for b in inputs["bboxes"]])
-    outputs = server.run_prompt(prompt, timeout=900)
+        elif node["class_type"] == "FaceDetectAndParse":
+            node["inputs"]["bboxes"] = json.dumps([None if b[0] < 0 else b.tolist() for b in inputs["bboxes"][frames]])
+    return prompt
+
+
+@pytest.mark.parametrize("name", ["musetalk_v15_lipsync.json", "musetalk_v10_lipsync.json"])
+def test_shipped_workflow_runs_to_a_saved_video(server, tmp_path, name):
+    """workflows/<name> as a user loads it, with an uploaded clip and speech, on the generated checkpoints."""
+    outputs = server.run_prompt(shipped_prompt(server, tmp_path, name), timeout=900)
     saved = next(o for o in outputs.values() if o.get("images") and o["images"][0]["filename"].endswith(".mp4"))
     assert saved["images"][0]["type"] == "output"
+
+
+CHECK_FRAMES = slice(3, 7)  # four fixture frames, the third of them (fixture frame 5) without a face
+
+
+def _node_of(prompt, class_type):
+    (node_id,) = [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+    return node_id
+
+
+def test_core_vae_decode_and_encode_match_ours_on_the_full_size_vae(server, vae_folder, full_size_vae, models_dir,
+                                                                     tmp_path):
+    """The v1.5 workflow with one full-size VAE file for both LoadMuseTalkModels and core Load VAE: core VAE Decode
+    of LatentLipInpaint's LATENT gives the faces of our decode within 1 LSB, and pasted by MuseTalkPasteFaces the
+    frames of BlendAndDecode within 1 LSB; core VAE Encode of the crops gives our latents, and BlendAndDecode pastes
+    that LATENT as core VAE Decode + MuseTalkPasteFaces do."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load as load_safetensors
+
+    from conftest import fixture_inputs
+    from musetalk.inpaint import vae_inputs
+    from musetalk.models import ModelFiles, MuseTalkModels
+    from musetalk.runtime import StandaloneRuntime
+
+    vae_name = os.path.basename(full_size_vae)
+    os.symlink(full_size_vae, vae_folder / vae_name)  # listed by both loaders from the next prompt on
+    prompt = shipped_prompt(server, tmp_path, "musetalk_v15_lipsync.json", CHECK_FRAMES)
+    loader, detect, inpaint, blend, video = (_node_of(prompt, t) for t in (
+        "LoadMuseTalkModels", "FaceDetectAndParse", "LatentLipInpaint", "BlendAndDecode", "GetVideoComponents"))
+    prompt[loader]["inputs"]["vae"] = vae_name
+    prompt[inpaint]["inputs"]["cycle"] = "once"  # one output per source frame: few full-size decodes on the CPU
+    faces, images = [detect, 0], [video, 0]
+    added = {
+        "vae": ("VAELoader", {"vae_name": vae_name}),
+        "core_faces": ("VAEDecode", {"samples": [inpaint, 0], "vae": ["vae", 0]}),
+        "core_pasted": ("MuseTalkPasteFaces", {"generated": ["core_faces", 0], "latent": [inpaint, 0],
+                                               "faces": faces, "images": images, "batch_size": 8}),
+        "encoded": ("VAEEncode", {"pixels": [detect, 1], "vae": ["vae", 0]}),
+        "encoded_blend": ("BlendAndDecode", {"model": [loader, 0], "latent": ["encoded", 0], "faces": faces,
+                                             "images": images, "batch_size": 8}),
+        "encoded_faces": ("VAEDecode", {"samples": ["encoded", 0], "vae": ["vae", 0]}),
+        "encoded_pasted": ("MuseTalkPasteFaces", {"generated": ["encoded_faces", 0], "latent": ["encoded", 0],
+                                                  "faces": faces, "images": images, "batch_size": 8}),
+    }
+    saved_images = {"core_faces": ["core_faces", 0], "core_pasted": ["core_pasted", 0], "blend": [blend, 0],
+                    "crops": [detect, 1], "encoded_blend": ["encoded_blend", 0],
+                    "encoded_pasted": ["encoded_pasted", 0]}
+    saved_latents = {"latent": [inpaint, 0], "encoded": ["encoded", 0]}
+    for node_id, (class_type, inputs) in added.items():
+        prompt[node_id] = {"class_type": class_type, "inputs": inputs}
+    for name, source in saved_images.items():
+        prompt[f"save_{name}"] = {"class_type": "SaveImage",
+                                  "inputs": {"images": source, "filename_prefix": f"vae_check/{name}"}}
+    for name, source in saved_latents.items():
+        prompt[f"save_{name}"] = {"class_type": "SaveLatent",
+                                  "inputs": {"samples": source, "filename_prefix": f"vae_check/{name}"}}
+    outputs = server.run_prompt(prompt, timeout=3600)
+
+    def saved_image(name):  # SaveImage writes uint8(255 * x), truncated
+        return np.stack([np.asarray(Image.open(io.BytesIO(server.output_file(item))))
+                         for item in outputs[f"save_{name}"]["images"]]).astype(np.int64)
+
+    def saved_latent(name):
+        (item,) = outputs[f"save_{name}"]["latents"]
+        return load_safetensors(server.output_file(item))["latent_tensor"]
+
+    with_face = [i for i, box in enumerate(fixture_inputs()["bboxes"][CHECK_FRAMES]) if box[0] >= 0]
+    assert len(with_face) == 3
+    core_faces, crops = saved_image("core_faces")[with_face], saved_image("crops")
+    latent, encoded = saved_latent("latent"), saved_latent("encoded")
+    assert latent.shape == (4, 4, 32, 32) and encoded.shape == (4, 4, 32, 32)
+    assert torch.isfinite(latent).all() and torch.isfinite(encoded).all()
+
+    # our decode and encode of the same latents and crops, with the same file, as the engine runs them
+    model = MuseTalkModels("v1.5", ModelFiles([models_dir], full_size_vae), StandaloneRuntime("cpu"), "fp32")
+    vae = model.vae()
+    model.runtime.load(vae)
+    with torch.no_grad(), vae.computing():
+        decoded = vae.module.decode(latent[with_face])
+        ours_encoded = vae.module.encode(vae_inputs(torch.from_numpy(crops[with_face]).to(torch.uint8))[1])
+    # truncated to uint8 as SaveImage truncates core's faces, so both sides are quantised alike
+    ours_faces = ((decoded / 2 + 0.5).clamp(0, 1) * 255).floor().permute(0, 2, 3, 1).to(torch.int64).numpy()
+
+    # the random full-size weights give real pictures, not a saturated or flat image
+    saturated = np.isin(core_faces, (0, 255)).mean()
+    assert core_faces.std() > 20 and saturated < 0.25
+    face_diff = np.abs(core_faces - ours_faces)
+    print(f"\nfull-size VAE, core VAE Decode vs ours: max {face_diff.max()} LSB on {(face_diff > 0).sum()} of "
+          f"{face_diff.size} values; faces mean {core_faces.mean():.1f}, std {core_faces.std():.1f}, "
+          f"{100 * saturated:.1f}% at 0 or 255")
+    assert face_diff.max() <= 1
+
+    for ours, core in (("blend", "core_pasted"), ("encoded_blend", "encoded_pasted")):
+        frames, pasted = saved_image(ours), saved_image(core)
+        frame_diff = np.abs(frames - pasted)
+        print(f"{ours} vs {core}: max {frame_diff.max()} LSB on {(frame_diff > 0).sum()} of {frame_diff.size} values")
+        assert frames.shape == (4, 384, 384, 3) and frame_diff.max() <= 1
+        assert np.array_equal(frames[2], pasted[2])  # the frame without a face, passed through by both
+
+    # the face frames' crops only: the black crop of a frame without a face (never pasted) is a constant image, whose
+    # GroupNorm divides rounding noise by a near-zero spread (1.6e-3 apart there)
+    encoded = encoded[with_face]
+    encoded_diff = (encoded - ours_encoded).abs().max().item()
+    print(f"core VAE Encode vs ours: max |diff| {encoded_diff:.2e} (latents up to {encoded.abs().max():.2f})")
+    torch.testing.assert_close(encoded, ours_encoded, atol=1e-4, rtol=1e-4)  # the fixtures' latent tolerance

@@ -10,6 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+import checkpoint_generator
 from conftest import fixture
 
 from musetalk import inpaint
@@ -153,42 +155,6 @@ def test_cycle_modes():
 # --- the VAE in its three on-disk forms ----------------------------------------------------------------------------
 
 LEGACY_TO_MODERN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-LEGACY_TO_ORIGINAL = {"group_norm": "norm", "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-
-
-def original_prefixes(levels=4, layers=2):
-    """diffusers module prefix -> CompVis (ldm) prefix, written out block by block for a KL autoencoder."""
-    table = {"quant_conv.": "quant_conv.", "post_quant_conv.": "post_quant_conv."}
-    for side in ("encoder", "decoder"):
-        table.update({f"{side}.conv_in.": f"{side}.conv_in.", f"{side}.conv_out.": f"{side}.conv_out.",
-                      f"{side}.conv_norm_out.": f"{side}.norm_out.",
-                      f"{side}.mid_block.resnets.0.": f"{side}.mid.block_1.",
-                      f"{side}.mid_block.resnets.1.": f"{side}.mid.block_2."})
-        for legacy, original in LEGACY_TO_ORIGINAL.items():
-            table[f"{side}.mid_block.attentions.0.{legacy}."] = f"{side}.mid.attn_1.{original}."
-    for level in range(levels):
-        up = levels - 1 - level  # ldm numbers decoder levels from the highest resolution, diffusers from the lowest
-        for j in range(layers):
-            table[f"encoder.down_blocks.{level}.resnets.{j}."] = f"encoder.down.{level}.block.{j}."
-        for j in range(layers + 1):
-            table[f"decoder.up_blocks.{level}.resnets.{j}."] = f"decoder.up.{up}.block.{j}."
-        if level < levels - 1:
-            table[f"encoder.down_blocks.{level}.downsamplers.0."] = f"encoder.down.{level}.downsample."
-            table[f"decoder.up_blocks.{level}.upsamplers.0."] = f"decoder.up.{up}.upsample."
-    return table
-
-
-def to_original_layout(legacy_state):
-    table = original_prefixes()
-    original = {"model_ema.decay": torch.tensor(0.9999)}  # a training leftover the loader must ignore
-    for key, value in legacy_state.items():
-        prefix = max((p for p in table if key.startswith(p)), key=len)
-        leaf = key[len(prefix):].replace("conv_shortcut.", "nin_shortcut.")
-        if ".mid_block.attentions.0." in prefix and value.ndim == 2:
-            value = value[:, :, None, None]  # ldm's attention projections are 1x1 convolutions
-        original[table[prefix] + leaf] = value.contiguous()
-    assert len(original) == len(legacy_state) + 1
-    return original
 
 
 def test_the_vae_gives_the_same_latents_from_all_three_file_forms(models_dir, tmp_path):
@@ -211,7 +177,9 @@ def test_the_vae_gives_the_same_latents_from_all_three_file_forms(models_dir, tm
     save_file(modern, str(modern_root / "sd-vae" / "diffusion_pytorch_model.safetensors"))
 
     single_file = tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors"
-    save_file(to_original_layout(legacy), str(single_file))
+    # with a training leftover the loader must ignore
+    save_file({"model_ema.decay": torch.tensor(0.9999), **checkpoint_generator.original_vae_layout(legacy)},
+              str(single_file))
 
     def latents(models):
         return inpaint.encode_sources(models, crop)
