@@ -26,7 +26,8 @@ log = logging.getLogger("musetalk")
 # Below this size a face could not fill a useful share of a 256x256 crop, and S3FD's deepest layers shrink to
 # nothing, so such frames are reported as having no face instead of being run through the detectors.
 MIN_FRAME_SIDE = 64
-# Frames per detector batch follow the frame size: the S3FD activations of one 4K frame are already about 2 GB.
+# Frames per detector batch follow the frame size: S3FD's activations take ~0.7 KB per input pixel (s3fd.py), so a
+# single 4K frame (8.3 M pixels) already fills a batch.
 PIXELS_PER_BATCH = 8_000_000
 MAX_FRAMES_PER_BATCH = 16
 # For a non-default face choice DWPose looks inside the chosen face's box, widened so that the whole-body model
@@ -52,9 +53,9 @@ class FaceSettings:
 class BlendMasks:
     """The blend masks of a clip, one (mask uint8 [2s,2s], crop_box) or None per frame, kept zlib-compressed.
 
-    A mask is mostly 0 with a 255 face region and a blurred edge: zlib (level 1) shrinks it about 20 times (a 1080p
-    face's ~500 KB mask to ~20 KB) and unpacks it in under a millisecond, which is nothing beside the VAE decode of
-    the frame it is pasted on. Reading an entry gives a fresh array, so the stored masks cannot be changed.
+    A mask is mostly 0 with a 255 face region and a blurred edge: zlib (level 1) shrinks it many times over (sizes in
+    bench/README.md, "Memory") and unpacks it far faster than the VAE decodes the face pasted through it. Reading an
+    entry gives a fresh array, so the stored masks cannot be changed.
     """
 
     def __init__(self, entries=()):
