@@ -16,14 +16,14 @@ import os
 import pickle
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from .face import FaceSettings, FaceTrack, as_rgb_uint8
 from .inpaint import CROP_SIZE, crops_tensor
 from .lipsync import SourceLatents, encoder_key
-from .models import VERSIONS
+from .models import VERSIONS, comfyui_folder
 from .outputs import atomic_file
+from .pipeline import PreparedVideo
 from .video import FrameSource
 from .weights import WeightsError
 
@@ -31,6 +31,7 @@ FORMAT = "musetalk-avatar"
 FORMAT_VERSION = 1
 SUFFIX = ".musetalk-avatar"
 PACK_AVATAR_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "output", "avatars")
+AVATAR_SUBFOLDER = os.path.join("musetalk", "avatars")  # inside ComfyUI's output folder
 # characters that name folders, drives or devices on some system
 _NOT_IN_NAMES = set('/\\:*?"<>|')
 MAX_NAME_LENGTH = 120
@@ -90,15 +91,19 @@ def prepare_avatar(models, faces, crops, frames, fps):
                   *encoder_key(models))
 
 
-def save_avatar(avatar, path):
+def save_avatar(avatar, path, new_buffer=None):
     """Write `avatar` to `path` (folders are created). A crash or a full disk never leaves a half-written file
-    under that name: the data goes to a temporary file beside it, which then replaces `path` in one step."""
+    under that name: the data goes to a temporary file beside it, which then replaces `path` in one step.
+
+    The blend masks, kept compressed in the FaceTrack, are unpacked into one uint8 buffer of `new_buffer(nbytes)`
+    (default: memory) that torch.save writes as a single storage; a file-backed buffer keeps them out of memory.
+    """
     # The latents keep the memory layout the VAE gave them (channels-last on the CPU), which torch.save records:
     # the UNet's convolutions pick their kernels, and so their rounding, by layout, and a loaded avatar must give
     # the very numbers of a fresh run.
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "musetalk_version": avatar.version,
             "latent_dtype": avatar.latent_dtype, "vae": avatar.vae, "fps": float(avatar.fps),
-            "faces": _track_data(avatar.faces),
+            "faces": _track_data(avatar.faces, new_buffer or _memory_buffer),
             "crops": avatar.crops.cpu().contiguous(), "frames": avatar.frames.cpu().contiguous(),
             "latents": avatar.sources.latents.cpu()}
     try:
@@ -134,33 +139,43 @@ def load_avatar(path, models=None, mapped=False):
     if data.get("format_version") != FORMAT_VERSION:
         raise AvatarError(path, f"uses avatar format {data.get('format_version')!r}; this version of the pack reads "
                                 f"format {FORMAT_VERSION}", EXPECTED, PREPARE_AGAIN)
-    version = data.get("musetalk_version")
-    if models is not None and version != models.version:
-        raise AvatarError(path, f"was prepared for MuseTalk {version}, but the model is MuseTalk {models.version}",
-                          f"an avatar prepared with MuseTalk {models.version}",
-                          f"select {version}, or prepare the avatar again from its video with {models.version}")
+    if models is not None:
+        check_version(path, data.get("musetalk_version"), models)
     try:
         avatar = _avatar_from_data(data)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         raise AvatarError(path, f"holds inconsistent data ({error}); the file is damaged", EXPECTED,
                           f"delete it and {PREPARE_AGAIN}") from error
-    if models is not None:
-        _, dtype, vae = current = encoder_key(models)
-        if avatar.encoder == current:
-            if not mapped:  # the digest would read every crop
-                avatar.sources.remember(models, avatar.faces, avatar.crops)
-        else:
-            log.info("MuseTalk: %s holds latents of VAE %s in %s, the model encodes with %s in %s; the crops are "
-                     "encoded once again", path, avatar.vae, avatar.latent_dtype, vae, dtype)
+    if models is not None and not mapped and avatar.encoder == encoder_key(models):  # mapped: the digest would
+        avatar.sources.remember(models, avatar.faces, avatar.crops)                   # read every crop
     return avatar
+
+
+def check_version(path, version, models):
+    """AvatarError unless the avatar at `path`, made with MuseTalk `version`, can be lip-synced with `models`."""
+    if version != models.version:
+        raise AvatarError(path, f"was prepared for MuseTalk {version}, but the model is MuseTalk {models.version}",
+                          f"an avatar prepared with MuseTalk {models.version}",
+                          f"select {version}, or prepare the avatar again from its video with {models.version}")
 
 
 def avatar_sources(models, avatar):
     """The source latents to lip-sync `avatar` with `models`: the stored ones when `models` encodes as they were
     made (VAE and dtype), else the stored crops encoded once again."""
-    if avatar.encoder == encoder_key(models):
+    _, dtype, vae = current = encoder_key(models)
+    if avatar.encoder == current:
         return avatar.sources
+    log.info("MuseTalk: the avatar holds latents of VAE %s in %s, the model encodes with %s in %s; the crops are "
+             "encoded once again", avatar.vae, avatar.latent_dtype, vae, dtype)
     return SourceLatents.encode(models, avatar.faces, avatar.crops)
+
+
+def lipsync_input(path, avatar, models):
+    """The avatar file at `path`, loaded as `avatar` (`load_avatar(path, ..., mapped=True)`), as the input of
+    `pipeline.lipsync_stream` with `models`: (its frames as a FrameSource, read from the file a run at a time,
+    PreparedVideo). Raises AvatarError for an avatar of another MuseTalk version."""
+    check_version(path, avatar.version, models)
+    return AvatarFrames(path, avatar), PreparedVideo(avatar.faces, avatar_sources(models, avatar))
 
 
 class AvatarFrames(FrameSource):
@@ -205,19 +220,38 @@ def list_avatars(folder):
                   and os.path.isfile(os.path.join(folder, f)))
 
 
-def standalone_avatar_dir():
-    """Where avatars go outside ComfyUI: $MUSETALK_AVATARS, else this pack's output/avatars folder."""
-    return os.environ.get("MUSETALK_AVATARS") or PACK_AVATAR_DIR
+def standalone_avatar_dir(pack_dir=None):
+    """Where avatars go outside a running ComfyUI (the command line): $MUSETALK_AVATARS, else
+    <ComfyUI>/output/musetalk/avatars when the pack (`pack_dir`, default this one) is installed in
+    ComfyUI/custom_nodes, where its nodes save and list them, else the pack's output/avatars folder."""
+    comfy_output = comfyui_folder("output", pack_dir)
+    return (os.environ.get("MUSETALK_AVATARS") or (comfy_output and os.path.join(comfy_output, AVATAR_SUBFOLDER))
+            or PACK_AVATAR_DIR)
 
 
-def _track_data(track):
-    """A FaceTrack as plain data (weights_only-loadable); `memo` is left out, it is rebuilt on use."""
+def _track_data(track, new_buffer):
+    """A FaceTrack as plain data (weights_only-loadable); `memo` is left out, it is rebuilt on use. The masks become
+    views of one buffer from `new_buffer(nbytes)`, unpacked into it one at a time."""
+    shapes = track.blend.shapes
+    buffer = new_buffer(sum(h * w for h, w in filter(None, shapes)))
+    masks, crop_boxes, offset = [], [], 0
+    for shape, blend in zip(shapes, track.blend):
+        mask = crop_box = None
+        if blend is not None:
+            mask = buffer[offset:offset + shape[0] * shape[1]].view(shape)
+            mask.copy_(torch.from_numpy(blend[0]))
+            crop_box = _ints(blend[1])
+            offset += mask.numel()
+        masks.append(mask)
+        crop_boxes.append(crop_box)
     return {"frame_size": [int(v) for v in track.frame_size], "version": track.version,
             "face_boxes": [_ints(box) for box in track.face_boxes],
-            "paste_boxes": [_ints(box) for box in track.paste_boxes],
-            "masks": [None if b is None else torch.from_numpy(np.ascontiguousarray(b[0])) for b in track.blend],
-            "crop_boxes": [None if b is None else _ints(b[1]) for b in track.blend],
+            "paste_boxes": [_ints(box) for box in track.paste_boxes], "masks": masks, "crop_boxes": crop_boxes,
             "settings": asdict(track.settings), "bbox_shift_range": track.bbox_shift_range}
+
+
+def _memory_buffer(nbytes):
+    return torch.empty(nbytes, dtype=torch.uint8)
 
 
 def _avatar_from_data(data):

@@ -81,6 +81,11 @@ class BlendMasks:
         return isinstance(other, BlendMasks) and self._packed == other._packed
 
     @property
+    def shapes(self):
+        """Each mask's (height, width), or None for a frame without a face; nothing is unpacked."""
+        return [None if entry is None else entry[1] for entry in self._packed]
+
+    @property
     def nbytes(self):
         """Bytes the compressed masks take."""
         return sum(len(entry[0]) for entry in self._packed if entry is not None)

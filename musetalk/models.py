@@ -39,10 +39,18 @@ def standalone_models_dir(explicit=None):
 
 def comfyui_models_dir(pack_dir=None):
     """ComfyUI/models/musetalk when the pack sits in ComfyUI/custom_nodes/<pack>, else None."""
+    comfy_models = comfyui_folder("models", pack_dir)
+    return comfy_models and os.path.join(comfy_models, "musetalk")
+
+
+def comfyui_folder(name, pack_dir=None):
+    """ComfyUI's folder `name` ("models", "output") when the pack (`pack_dir`, default this one) sits in
+    ComfyUI/custom_nodes/<pack> and that folder exists, else None: the command line's defaults are then where the
+    nodes look."""
     custom_nodes = os.path.dirname(pack_dir or os.path.dirname(PACK_MODELS_DIR))
-    comfy_models = os.path.join(os.path.dirname(custom_nodes), "models")
-    if os.path.basename(custom_nodes) == "custom_nodes" and os.path.isdir(comfy_models):
-        return os.path.join(comfy_models, "musetalk")
+    folder = os.path.join(os.path.dirname(custom_nodes), name)
+    if os.path.basename(custom_nodes) == "custom_nodes" and os.path.isdir(folder):
+        return folder
     return None
 
 

@@ -104,7 +104,7 @@ class PendingFile:
 
     def discard(self):
         if not self.committed:
-            _remove(self.temp)
+            remove_file(self.temp)
 
 
 class PendingFolder(PendingFile):
@@ -141,7 +141,8 @@ def atomic_file(path):
         pending.discard()
 
 
-def _remove(path):
+def remove_file(path):
+    """Delete the file `path` if it can be; nothing happens if it is not there."""
     try:
         os.remove(path)
     except OSError:

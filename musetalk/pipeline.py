@@ -66,17 +66,8 @@ def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print)
     waveform, sample_rate = read_audio(audio)
     log(f"{video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps; "
         f"{audio}: {waveform.shape[1] / sample_rate:.2f} s")
-    if not frames_dir:
-        return lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes, log=log)
-    # the PNGs go to a temporary folder beside frames_dir that replaces it once the video is whole (outputs.py)
-    pngs = PendingFolder(frames_dir)
-    try:
-        count = lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes,
-                               on_frames=lambda first, batch: _write_pngs(batch, pngs.temp, first), log=log)
-        pngs.commit()
-    finally:
-        pngs.discard()
-    return count
+    return lipsync_stream(models, source, (waveform, sample_rate), out, options, boxes, frames_dir=frames_dir,
+                          log=log)
 
 
 def check_lipsync_outputs(out, frames_dir, video, audio):
@@ -87,15 +78,16 @@ def check_lipsync_outputs(out, frames_dir, video, audio):
 
 
 def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepared=None, on_frames=None,
-                   log=log.info):
+                   frames_dir=None, log=log.info):
     """The engine loop: lip-sync the frames of `source` (a video.FrameSource) to `speech`; writes `out` (mp4).
 
     speech: (float32 [C,T] numpy in -1..1, sample rate). boxes: per-frame face boxes replacing detection (already
     parsed, see `face_boxes.parse_bboxes`) or None. prepared: a PreparedVideo of `source` (face analysis and VAE
     encoding are then skipped). on_frames(first, batch): called with every uint8 RGB batch [B,H,W,3] of the output
-    before it is encoded, `first` being its first frame's number. The output holds one frame per audio frame (per
-    `options.cycle`) and the speech cut to that length. It is written under a temporary name and renamed when
-    whole: after an error or an interrupt an earlier `out` is kept as it was and nothing is left behind.
+    before it is encoded, `first` being its first frame's number. frames_dir: also write every output frame there
+    as PNG (`00000000.png`, ...). The output holds one frame per audio frame (per `options.cycle`) and the speech
+    cut to that length. Video and PNGs are written under temporary names that replace `out` and `frames_dir` when
+    whole: after an error or an interrupt earlier ones are kept as they were and nothing is left behind.
     Returns the number of frames written.
     """
     options = options or LipSyncOptions()
@@ -114,7 +106,7 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     if prepared is None:
         log(f"faces of source frames 0..{used - 1}: {'crops' if boxes else 'detection, crops'}, masks and VAE "
             "encoding")
-        prepared = _analyse(models, source, used, options, boxes)
+        prepared = analyse(models, FrameReader(source.frames, used, source.size), options, boxes and boxes[:used])
         log(prepared.faces.bbox_shift_range)
     faces = prepared.faces
     log(f"generating {len(source_index)} frames from source frames 0..{used - 1} "
@@ -133,24 +125,40 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
+    pngs = None
     log(f"frames: decoding, pasting and writing {len(source_index)}")
     try:
+        # the PNGs go to a temporary folder beside frames_dir that replaces it once the video is whole (outputs.py)
+        pngs = PendingFolder(frames_dir) if frames_dir else None
         for batch in render_frames(models, faces, samples, source_index, window, options.batch_size, weights):
             frames = batch.numpy()
+            if pngs:
+                _write_pngs(frames, pngs.temp, writer.frames_written)
             if on_frames is not None:
                 on_frames(writer.frames_written, frames)
             writer.write(frames)
         writer.close()
+        if pngs:
+            pngs.commit()
     finally:
         writer.abort()  # after an error or interrupt: stop the encoding thread, delete the unfinished file
+        if pngs:
+            pngs.discard()
     return writer.frames_written
 
 
-def _analyse(models, source, used, options, boxes):
-    """Face track and source latents of frames 0..used-1 of `source`, read a detector batch at a time."""
+def analyse(models, frames, options, boxes=None, crops_to=None):
+    """PreparedVideo of the frames of `frames` (a face.FrameReader), read a detector batch at a time: the face track
+    and the source latents, the face crops going straight into the VAE. boxes: as for `lipsync_stream`, one per
+    frame. crops_to(frame indices, uint8 crops [n,256,256,3]): also called with every batch of face crops."""
     latents = LatentStream(models, options.batch_size)
-    faces, _ = detect_and_parse(models, FrameReader(source.frames, used, source.size), options.face,
-                                boxes and boxes[:used], latents.add)
+
+    def take(indices, crops):
+        if crops_to is not None:
+            crops_to(indices, crops)
+        latents.add(indices, crops)
+
+    faces, _ = detect_and_parse(models, frames, options.face, boxes, take)
     _release(models, options, "s3fd", "dwpose", "face_parsing")
     return PreparedVideo(faces, latents.sources(faces))
 

@@ -9,11 +9,10 @@ import secrets
 
 import torch
 
-from ..musetalk.avatar import avatar_file_name, standalone_avatar_dir
+from ..musetalk.avatar import AVATAR_SUBFOLDER, avatar_file_name, standalone_avatar_dir
 from ..musetalk.runtime import Progress, Runtime, StandaloneRuntime
 
 MODEL_FOLDER = "musetalk"
-AVATAR_SUBFOLDER = os.path.join("musetalk", "avatars")
 PREVIEW_SIZE = 256
 _RUNNABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

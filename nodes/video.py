@@ -1,10 +1,10 @@
 """MuseTalkLipSyncVideo and MuseTalkAvatarLipSyncVideo: a core VIDEO (or a saved avatar) and speech in, a core VIDEO
 out, streamed through the engine loop of the command line, so memory stays flat in the video's length."""
 from ..musetalk.audio import check_waveform
-from ..musetalk.avatar import AvatarFrames, avatar_sources, load_avatar
+from ..musetalk.avatar import lipsync_input, load_avatar
 from ..musetalk.face import FaceSettings
 from ..musetalk.face_boxes import parse_bboxes
-from ..musetalk.pipeline import LipSyncOptions, PreparedVideo, lipsync_stream
+from ..musetalk.pipeline import LipSyncOptions, lipsync_stream
 from ..musetalk.silence import SilenceSettings
 from ..musetalk.video import FrameSource, VideoFrames
 from . import comfy_runtime, sockets
@@ -112,10 +112,9 @@ class MuseTalkAvatarLipSyncVideo(ReadsSavedAvatar, WritesVideo):
     def lipsync(self, model, avatar, audio, batch_size, cycle, silence="generate",
                 silence_threshold_db=SilenceSettings.threshold_dbfs, audio_offset_ms=0.0):
         path = comfy_runtime.avatar_path(avatar)
-        loaded = load_avatar(path, model, mapped=True)
-        prepared = PreparedVideo(loaded.faces, avatar_sources(model, loaded))
+        source, prepared = lipsync_input(path, load_avatar(path, model, mapped=True), model)
         options = lipsync_options(batch_size, cycle, silence, silence_threshold_db, audio_offset_ms)
-        return lipsync_to_video(model, AvatarFrames(path, loaded), audio, options, prepared=prepared)
+        return lipsync_to_video(model, source, audio, options, prepared=prepared)
 
 
 NODE_CLASS_MAPPINGS = {"MuseTalkLipSyncVideo": MuseTalkLipSyncVideo,

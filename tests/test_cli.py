@@ -118,12 +118,23 @@ def test_cli_reports_bad_boxes_naming_the_file_and_entry(models_dir, tmp_path, m
     assert "Traceback" not in err and not (tmp_path / "o.mp4").exists()
 
 
+def _commands(parser, prefix=""):
+    """(name, parser) of every command and subcommand ("avatar prepare"), walking nested subparsers."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                yield prefix + name, command
+                yield from _commands(command, prefix + name + " ")
+
+
 def test_every_option_of_every_command_has_help_that_shows_its_default():
     import argparse
 
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, command in commands.choices.items():
+    commands = dict(_commands(cli.build_parser()))
+    assert {"lipsync", "avatar", "avatar prepare", "avatar speak", "download", "check"} <= set(commands)
+    for name, command in commands.items():
         text = " ".join(command.format_help().split())
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
@@ -133,5 +144,13 @@ def test_every_option_of_every_command_has_help_that_shows_its_default():
                 assert f"(default: {action.default})" in text, f"{name} {action.option_strings}: default not shown"
             elif not action.required:
                 assert "default" in action.help, f"{name} {action.option_strings}: says nothing of its default"
-    bboxes = " ".join(commands.choices["lipsync"].format_help().split())
+    bboxes = " ".join(commands["lipsync"].format_help().split())
     assert "or a single [x1,y1,x2,y2] used for every frame" in bboxes
+    # avatar prepare takes the video and face options of lipsync, avatar speak its speech options (not --version)
+    options = {name: {o for a in command._actions for o in a.option_strings} for name, command in commands.items()}
+    speech = {"--audio", "--out", "--cycle", "--silence", "--silence-threshold-db", "--audio-offset-ms", "--frames-dir"}
+    video = options["lipsync"] - speech - {"--version", "--models", "--batch-size", "--precision", "--device", "-h",
+                                           "--help"}
+    assert "--bbox-shift" in video and "--fps" in video
+    assert options["avatar prepare"] == options["lipsync"] - speech | {"--name"}
+    assert options["avatar speak"] == options["lipsync"] - video - {"--version"} | {"--name"}
