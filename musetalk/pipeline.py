@@ -5,7 +5,8 @@ It runs the same stages as the five ComfyUI nodes, in the same order and with th
 audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
 into the VAE) and again, in runs, to paste on; the UNet makes every mouth latent and is dropped, then the output
-frames are decoded, pasted and written a batch at a time, the H.264 encoding on a worker thread. What grows with the
+frames are decoded, pasted and written a batch at a time, the next batch's source frames read and the H.264
+encoding done on worker threads meanwhile (`video.ReadAhead`, `video.BackgroundWriter`). What grows with the
 length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB), the whisper
 encoder output (15 KB per output frame at 25 fps; each batch's tokens are built from it when the UNet needs them)
 and the mouth latents (16 KB per output frame).
@@ -23,7 +24,7 @@ from .inpaint import cycle_indices
 from .lipsync import LatentStream, generate_latents, render_frames
 from .outputs import PendingFolder, check_output_folder, check_video_output
 from .silence import SilenceSettings, mouth_weights
-from .video import BackgroundWriter, FrameWindow, VideoWriter, open_frames, read_audio
+from .video import BackgroundWriter, FrameWindow, ReadAhead, VideoWriter, open_frames, read_audio
 
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
 WINDOW_BYTES = 128 * 2 ** 20
@@ -125,12 +126,15 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
-    pngs = None
+    pngs = reader = None
     log(f"frames: decoding, pasting and writing {len(source_index)}")
     try:
         # the PNGs go to a temporary folder beside frames_dir that replaces it once the video is whole (outputs.py)
         pngs = PendingFolder(frames_dir) if frames_dir else None
-        for batch in render_frames(models, faces, samples, source_index, window, options.batch_size, weights):
+        # the source frames of the next batch are read while this one is decoded and pasted
+        reader = ReadAhead(window, [source_index[start:start + options.batch_size].tolist()
+                                    for start in range(0, len(source_index), options.batch_size)])
+        for batch in render_frames(models, faces, samples, source_index, reader, options.batch_size, weights):
             frames = batch.numpy()
             if pngs:
                 _write_pngs(frames, pngs.temp, writer.frames_written)
@@ -141,6 +145,8 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
         if pngs:
             pngs.commit()
     finally:
+        if reader:
+            reader.close()
         writer.abort()  # after an error or interrupt: stop the encoding thread, delete the unfinished file
         if pngs:
             pngs.discard()

@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -143,6 +144,37 @@ class FrameWindow:
         start = max(index - self._size + 1, 0) if walking_back else index
         self._frames = None  # let the old run go before the new one is decoded
         self._start, self._frames = start, self._source.frames(start, min(start + self._size, self._source.count))
+
+
+class ReadAhead:
+    """Reads frames one call ahead on a worker thread, for reads whose order is known: `read(indices)` (e.g. a
+    FrameWindow) is called for the index lists of `reads`, in order. The call for `reads[k]` returns what the worker
+    read (waiting for it if need be) and starts reading `reads[k + 1]`, so decoding the next source frames overlaps
+    the work on these, for one batch more in memory. `read` only runs on the worker, one call at a time. `close()`
+    (always; after an error or interrupt too) waits for the read in progress and stops the worker.
+    """
+
+    def __init__(self, read, reads):
+        self._read = read
+        self._reads = iter(reads)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="musetalk-frame-reader")
+        self._pending = None
+        self._start_next()
+
+    def _start_next(self):
+        indices = next(self._reads, None)
+        self._pending = None if indices is None else (list(indices), self._pool.submit(self._read, indices))
+
+    def __call__(self, indices):
+        """The frames `read(indices)` gives; `indices` must be the next list of `reads`."""
+        if self._pending is None or list(indices) != self._pending[0]:
+            raise ValueError(f"frames {list(indices)} were asked for out of the announced order")
+        frames = self._pending[1].result()
+        self._start_next()
+        return frames
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def open_frames(path, fps=25.0):

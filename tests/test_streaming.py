@@ -20,7 +20,7 @@ from musetalk.inpaint import cycle_indices, encode_sources
 from musetalk.lipsync import LatentStream
 from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.runtime import StandaloneRuntime
-from musetalk.video import BackgroundWriter, FrameWindow, MediaError, VideoWriter, open_frames
+from musetalk.video import BackgroundWriter, FrameWindow, MediaError, ReadAhead, VideoWriter, open_frames
 
 HEIGHT, WIDTH = 96, 128
 FACE_EVERY = 8  # frames with a face box; the others pass through, which keeps the networks' share small
@@ -249,3 +249,60 @@ def test_video_reads_across_gaps_and_back_give_the_decoded_frames(tmp_path):
     # gaps within SKIP_SECONDS decode through, the 70 -> 5 jump seeks back, 5 -> 75 (past 2 s) seeks forward
     for start, stop in ((0, 3), (10, 13), (40, 44), (70, 72), (5, 8), (75, 80)):
         assert np.array_equal(source.frames(start, stop), whole[start:stop]), (start, stop)
+
+
+def _worker_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith(("musetalk-frame-reader", "musetalk-video"))]
+
+
+def test_read_ahead_reads_the_next_batch_on_a_worker_while_the_caller_works():
+    reads = [[0, 1], [2, 3], [3, 2]]
+    calls, second_started = [], threading.Event()
+
+    def read(indices):
+        calls.append((list(indices), threading.current_thread().name))
+        if list(indices) == reads[1]:
+            second_started.set()
+        return np.array(indices)
+
+    reader = ReadAhead(read, reads)
+    assert reader([0, 1]).tolist() == [0, 1]
+    assert second_started.wait(30)  # read while the caller still works on the first batch
+    assert [reader(indices).tolist() for indices in reads[1:]] == reads[1:]
+    reader.close()
+    assert [c[0] for c in calls] == reads and all(c[1].startswith("musetalk-frame-reader") for c in calls)
+    assert _worker_threads() == []
+
+    reader = ReadAhead(read, reads)
+    with pytest.raises(ValueError, match="out of the announced order"):
+        reader([2, 3])
+    reader.close()
+
+    def truncated(indices):
+        raise MediaError("clip.mp4: could only decode 1 of frames 0..1")
+
+    reader = ReadAhead(truncated, reads)
+    with pytest.raises(MediaError, match="could only decode"):
+        reader([0, 1])
+    reader.close()
+    assert _worker_threads() == []
+
+
+def test_interrupted_job_leaves_no_thread_and_no_file(models_dir, tmp_path):
+    boxes = _clip(str(tmp_path), 16, 1.0)
+    models = MuseTalkModels("v1.5", ModelFiles([models_dir]), StandaloneRuntime("cpu"))
+    source = open_frames(str(tmp_path / "clip.mp4"))
+    options = pipeline.LipSyncOptions(batch_size=4)
+    speech = video.read_audio(str(tmp_path / "speech.wav"))
+    before = sorted(os.listdir(tmp_path))
+    seen = []
+
+    def interrupt_at_the_second_batch(first, batch):
+        seen.append(first)
+        if first:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.lipsync_stream(models, source, speech, str(tmp_path / "out.mp4"), options, boxes,
+                                on_frames=interrupt_at_the_second_batch, frames_dir=str(tmp_path / "png"))
+    assert seen == [0, 4] and sorted(os.listdir(tmp_path)) == before and _worker_threads() == []
