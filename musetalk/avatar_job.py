@@ -7,8 +7,9 @@ not fit in memory for a long clip. So these go into scratch files beside the ava
 and torch.save copies all three into the avatar file. The kernel writes mapped pages out and drops them when it
 needs the memory, so what stays in memory is one run of decoded frames, the analysis' batches and the small
 per-frame data (boxes, compressed masks, 32 KB of latents per frame). The price is disk space: the scratch files
-take about as much as the avatar until it is written. They have no name from the start where the system allows it
-(Linux, macOS), so even a killed process leaves none behind; elsewhere they are deleted when the avatar is written.
+take about as much as the avatar until it is written. They lose their name as soon as they are mapped where the
+system allows it (Linux, macOS), so even a killed process leaves none behind; elsewhere they are deleted when the
+avatar is written.
 """
 import logging
 import math
