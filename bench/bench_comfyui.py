@@ -58,12 +58,29 @@ def prompt_for(server, path, clip, speech, boxes):
     return prompt
 
 
+def clip_files(folder, seconds, face_every):
+    """`write_clip`'s clip, speech and boxes in `folder`, reused when an earlier run wrote them there for the same
+    length and box spacing (`--keep`): writing ten minutes of 1080p takes longer than lip-syncing it."""
+    marker = os.path.join(folder, "clip.json")
+    wanted = {"seconds": seconds, "face_every": face_every}
+    try:
+        with open(marker) as f:
+            if json.load(f) == wanted:
+                return tuple(os.path.join(folder, name) for name in ("clip.mp4", "speech.wav", "boxes.json"))
+    except (OSError, ValueError):
+        pass
+    paths = write_clip(folder, seconds, face_every)
+    with open(marker, "w") as f:
+        json.dump(wanted, f)
+    return paths
+
+
 def measure(args, path, seconds, models, work):
     from musetalk.video import open_frames, read_audio
 
     folder = os.path.join(work, f"{seconds:g}s")
     os.makedirs(folder, exist_ok=True)
-    clip, speech, boxes = write_clip(folder, seconds, args.face_every)
+    clip, speech, boxes = clip_files(folder, seconds, args.face_every)
     config = os.path.join(folder, "extra_model_paths.yaml")
     with open(config, "w") as f:
         f.write(f"musetalk_bench:\n    musetalk: {models}\n")

@@ -31,9 +31,12 @@ FEATURE_RATE = 50  # encoder frames per second (conv2 halves the 100 Hz mel)
 WINDOW = 10  # encoder frames per video frame: 2 * (pad_left 2 + 1 + pad_right 2)
 PAD_LEFT = 2
 TOKENS, TOKEN_DIM = 50, 384
-PIECES_PER_BATCH = 8  # 4 minutes of audio per encoder call; bounds memory for long clips
+# 30 s pieces per encoder call: one, as the official code encodes them; the encoder's activations then do not grow
+# with the clip's length, and a piece costs the whisper-tiny encoder little even on a GPU
+PIECES_PER_BATCH = 1
 MIN_RATE, MAX_RATE = 8000, 192000
 MAX_FPS = 240.0
+LOUDNESS_BLOCK_FRAMES = 4096  # video frames whose loudness is summed at once
 SILENCE_DBFS = -120.0  # loudness floor, so that digital silence stays a finite number
 # ffmpeg's default layout per channel count (av_channel_layout_default), which it assumes for unlabelled channels
 FFMPEG_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
@@ -110,14 +113,16 @@ def extract_features(models, waveform, sample_rate, fps):
     if models.version == "v1.0":
         mel, lengths = log_mel_v10(audio)
         hidden = encode(models.whisper(), models.runtime, mel, final_norm=False)
-        # each segment keeps the encoder frames of its real (unpadded) mel frames
-        hidden = torch.cat([h[:n // 2] for h, n in zip(hidden, lengths)])
+        # each segment keeps the encoder frames of its real (unpadded) mel frames; only the last segment is short, so
+        # they are a prefix of all frames: a view, so that a long clip's encoder output is never held twice
+        hidden = hidden.flatten(0, 1)[:sum(n // 2 for n in lengths)]
         index = frame_index_v10(len(hidden), fps)
     else:
         mel = log_mel_v15(audio)
         hidden = encode(models.whisper(), models.runtime, mel, final_norm=True).flatten(0, 1)
-        # drop the encoded padding; a copy, so that the padding's memory goes with it
-        hidden = hidden[:math.floor(len(audio) / SAMPLE_RATE * FEATURE_RATE)].clone()
+        # drop the encoded padding: a view, so that a long clip's encoder output is never held twice (the padding,
+        # less than one 30 s piece, stays allocated)
+        hidden = hidden[:math.floor(len(audio) / SAMPLE_RATE * FEATURE_RATE)]
         index = frame_index_v15(len(audio), len(hidden), fps)
     return WhisperFeatures(hidden=hidden, index=index, fps=fps,
                            frame_times=torch.arange(len(index), dtype=torch.float64) / fps,
@@ -295,18 +300,22 @@ def log_mel_v10(audio):
 # ---------------------------------------------------------------------------------------------- encoder
 
 def encode(whisper, runtime, mel, final_norm):
-    """[S,80,3000] -> [S,1500,5,384] float32 CPU; a few pieces per encoder call on the model's device and dtype."""
+    """[S,80,3000] -> [S,1500,5,384] float32 CPU; PIECES_PER_BATCH pieces per encoder call on the model's device and
+    dtype, each written straight into the result (no list of pieces to concatenate, which would double the peak)."""
     runtime.load(whisper)
     progress = runtime.progress(len(mel))
-    out = []
+    out = None
     with torch.inference_mode():
-        for batch in torch.split(mel, PIECES_PER_BATCH):
+        for start in range(0, len(mel), PIECES_PER_BATCH):
             runtime.check_interrupt()
+            batch = mel[start:start + PIECES_PER_BATCH]
             with whisper.computing():
                 hidden = whisper.module(batch.to(whisper.device, whisper.dtype), final_norm=final_norm)
-            out.append(hidden.to("cpu", torch.float32))
+            if out is None:
+                out = torch.empty((len(mel), *hidden.shape[1:]), dtype=torch.float32)
+            out[start:start + len(batch)] = hidden
             progress.update(len(batch))
-    return torch.cat(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- per-frame windows
@@ -354,8 +363,13 @@ def gather_windows(hidden, index):
 def frame_loudness(audio, num_frames, fps):
     """[T] float32 RMS dBFS of the 16 kHz audio over each frame's 1/fps span (zeros past the end)."""
     bounds = np.round(np.arange(num_frames + 1) * (SAMPLE_RATE / fps)).astype(np.int64)
-    squares = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
-    ends = np.minimum(bounds[1:], len(audio))
-    starts = np.minimum(bounds[:-1], len(audio))
-    energy = (squares[ends] - squares[starts]) / np.maximum(bounds[1:] - bounds[:-1], 1)
+    clipped = np.minimum(bounds, len(audio))
+    energy = np.empty(num_frames)
+    # float64 running sums a block of frames at a time: over the whole clip they would take 32 bytes per sample
+    for first in range(0, num_frames, LOUDNESS_BLOCK_FRAMES):
+        stop = min(first + LOUDNESS_BLOCK_FRAMES, num_frames)
+        low = clipped[first]
+        squares = np.concatenate([[0.0], np.cumsum(audio[low:clipped[stop]].astype(np.float64) ** 2)])
+        sums = squares[clipped[first + 1:stop + 1] - low] - squares[clipped[first:stop] - low]
+        energy[first:stop] = sums / np.maximum(bounds[first + 1:stop + 1] - bounds[first:stop], 1)
     return torch.from_numpy(np.maximum(10 * np.log10(np.maximum(energy, 1e-30)), SILENCE_DBFS).astype(np.float32))

@@ -10,17 +10,19 @@ from .blend import paste_faces_into
 from .silence import fade_mask, mask_levels
 
 
-def pasted_batches(runtime, faces, source_index, read_frames, batch_size, generated_for, weights=None):
+def pasted_batches(runtime, faces, source_index, read_frames, batch_size, generated_for, weights=None,
+                   progress=None):
     """Yield (frames, faces pasted or None) per batch of output frames, in output order.
 
     frames: uint8 RGB [B,H,W,3] (CPU), the source frames `source_index` names for output frames start..start+B-1,
     read by read_frames(indices) (numpy or torch, a new array: the faces are pasted into it). generated_for(start,
     active) gives the uint8 faces [len(active),h,w,3] (any size, any device) of the batch positions `active`
     (`mouth_frames`): only frames with a face and a mouth weight above 0 (`silence.mouth_weights`, [T]; None = all 1)
-    ask for one. runtime: ticks a progress bar per batch (previewing the first pasted face) and checks for an interrupt.
+    ask for one. runtime: ticks a progress bar per batch (previewing the first pasted face; `progress`, else a new
+    one) and checks for an interrupt.
     """
     levels = None if weights is None else mask_levels(weights)
-    progress = runtime.progress(len(source_index))
+    progress = progress or runtime.progress(len(source_index))
     for start in range(0, len(source_index), batch_size):
         runtime.check_interrupt()
         sources = source_index[start:start + batch_size].tolist()

@@ -122,13 +122,14 @@ def to_device(tensor, device, dtype):
 
 
 @torch.no_grad()
-def inpaint_latents(models, source_latents, features, source_index, batch_size=8):
+def inpaint_latents(models, source_latents, features, source_index, batch_size=8, progress=None):
     """One UNet step per output frame: float32 [T,4,32,32] on the runtime's storage device.
 
     `source_latents`: [N,8,32,32] from `encode_sources`; `features`: audio tokens [T,50,384] (a tensor, or
     `audio.TokenWindows`, which builds each batch's tokens when it is sliced); `source_index`: [T]
     ints (see `cycle_indices`) picking the source latent of each output frame. No preview is shown here: a face
-    picture would cost a VAE decode per batch; the blending stage shows one for free.
+    picture would cost a VAE decode per batch; the blending stage shows one for free. progress: what counts the
+    steps (default: a new `runtime.progress`).
     """
     if len(features) != len(source_index):
         raise ValueError(f"{len(features)} audio frames but {len(source_index)} source indices; give one index per "
@@ -141,7 +142,7 @@ def inpaint_latents(models, source_latents, features, source_index, batch_size=8
     runtime.load(unet)
     # the official tensor([0]); the UNet broadcasts it over the batch, so one tensor serves every batch size
     timestep = torch.zeros(1, dtype=torch.long, device=unet.device)
-    progress = runtime.progress(len(features))
+    progress = progress or runtime.progress(len(features))
 
     def step(start, end):
         runtime.check_interrupt()

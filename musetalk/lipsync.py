@@ -128,25 +128,34 @@ def _digest(crops):
     return hashlib.sha256(memoryview(crops.cpu().contiguous().numpy()).cast("B")).hexdigest()
 
 
-def generate_latents(models, sources, features, source_index, batch_size=8, weights=None):
-    """Mouth latents float32 [T,4,32,32] for output frames 0..T-1 of `features` (WhisperFeatures, at least T
-    frames); zeros where the source frame has no face and where the mouth weight (`silence.mouth_weights`, [T];
-    None = all 1) is 0: those frames need no UNet step. Each batch's audio tokens are built when the UNet needs them.
+def generate_latents(models, sources, features, source_index, batch_size=8, weights=None, first_frame=0,
+                     progress=None):
+    """Mouth latents float32 [T,4,32,32] for output frames first_frame..first_frame+T-1 of `features`
+    (WhisperFeatures); zeros where the source frame has no face and where the mouth weight (`silence.mouth_weights`
+    of these frames, [T]; None = all 1) is 0: those frames need no UNet step. Each batch's audio tokens are built
+    when the UNet needs them. progress: what counts the UNet steps (default: a new `runtime.progress`).
 
     They are what the VAE decodes (`render_frames`, any SD-1.x VAE), i.e. the UNet's output times 1/0.18215,
     multiplied as the official decode does it.
     """
     samples = torch.zeros(len(source_index), 4, LATENT_SIZE, LATENT_SIZE, device=models.runtime.storage_device)
-    shown = [True] * len(source_index) if weights is None else (torch.as_tensor(weights) > 0).tolist()
-    active = [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None and shown[t]]
+    active = unet_frames(sources, source_index, weights)
     if active:
         rows = [sources.rows[s] for s in source_index[active].tolist()]
-        predicted = inpaint_latents(models, sources.latents, features.windows(active), rows, batch_size)
+        tokens = features.windows([first_frame + t for t in active])
+        predicted = inpaint_latents(models, sources.latents, tokens, rows, batch_size, progress)
         samples[active] = unscale(predicted, models.runtime.compute_dtype("vae", models.precision))
     return samples
 
 
-def render_frames(models, faces, samples, source_index, read_frames, batch_size=8, weights=None):
+def unet_frames(sources, source_index, weights=None):
+    """Positions t of the output frames (source frames `source_index`) that get a UNet step: the source frame has a
+    face and the mouth weight (None = all 1) is above 0."""
+    shown = [True] * len(source_index) if weights is None else (torch.as_tensor(weights) > 0).tolist()
+    return [t for t, s in enumerate(source_index.tolist()) if sources.rows[s] is not None and shown[t]]
+
+
+def render_frames(models, faces, samples, source_index, read_frames, batch_size=8, weights=None, progress=None):
     """Yield uint8 RGB frame batches [B,H,W,3] (CPU) of the lip-synced video, in output order.
 
     read_frames(indices) returns the uint8 RGB source frames with those indices (numpy or torch), as a new array:
@@ -154,6 +163,7 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
     in host memory: only the generated faces and the crop-box regions they are blended into travel (`paste_faces`).
     weights: [T] mouth weights (`silence.mouth_weights`; None = all 1): frames at 0 keep the source frame without a
     decode, frames between 0 and 1 paste the generated face with the mask scaled down (`compose.paste_mouths`).
+    progress: what counts the frames (default: a new `runtime.progress`; a long job's chunks share one).
     """
     vae = models.vae()
     models.runtime.load(vae)
@@ -161,5 +171,6 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
     def decoded(start, active):
         return decode_batch(vae, samples[start:start + batch_size][active])
 
-    for frames, _ in pasted_batches(models.runtime, faces, source_index, read_frames, batch_size, decoded, weights):
+    for frames, _ in pasted_batches(models.runtime, faces, source_index, read_frames, batch_size, decoded, weights,
+                                    progress):
         yield frames

@@ -4,12 +4,12 @@ line (`lipsync`: files) and the ComfyUI node MuseTalkLipSyncVideo (`lipsync_stre
 It runs the same stages as the five ComfyUI nodes, in the same order and with the same functions:
 audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
-into the VAE) and again, in runs, to paste on; the UNet makes every mouth latent and is dropped, then the output
-frames are decoded, pasted and written a batch at a time, the next batch's source frames read and the H.264
-encoding done on worker threads meanwhile (`video.ReadAhead`, `video.BackgroundWriter`). What grows with the
-length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB), the whisper
-encoder output (15 KB per output frame at 25 fps; each batch's tokens are built from it when the UNet needs them)
-and the mouth latents (16 KB per output frame).
+into the VAE) and again, in runs, to paste on; then, CHUNK_FRAMES output frames at a time, the UNet makes their mouth
+latents, which are decoded, pasted and written a batch at a time (so the UNet stays loaded while the VAE decodes),
+the next batch's source frames read and the H.264 encoding done on worker threads meanwhile (`video.ReadAhead`,
+`video.BackgroundWriter`). What grows with the length is small per frame: boxes, compressed blend masks (~20 KB at
+1080p), source latents (32 KB) and the whisper encoder output (15 KB per output frame at 25 fps; each batch's
+tokens are built from it when the UNet needs them).
 """
 import logging
 import os
@@ -21,13 +21,17 @@ from .audio_offset import extract_features_with_offset
 from .face import FaceSettings, FrameReader, detect_and_parse
 from .face_boxes import parse_bboxes
 from .inpaint import cycle_indices
-from .lipsync import LatentStream, generate_latents, render_frames
+from .lipsync import LatentStream, generate_latents, render_frames, unet_frames
 from .outputs import PendingFolder, check_output_folder, check_video_output
+from .runtime import Progress
 from .silence import SilenceSettings, mouth_weights
 from .video import BackgroundWriter, FrameWindow, ReadAhead, VideoWriter, open_frames, read_audio
 
 # source frames held for pasting: a run read in one go (about 21 frames of 1080p), at least one batch
 WINDOW_BYTES = 128 * 2 ** 20
+# output frames made at a time: a chunk's mouth latents (16 KB each) are made by the UNet, then decoded, pasted and
+# written before the next chunk's, so they never pile up over a long video
+CHUNK_FRAMES = 1024
 
 log = logging.getLogger("musetalk")
 
@@ -117,30 +121,33 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
         fading = int(((weights > 0) & (weights < 1)).sum())
         log(f"silence: {int((weights == 0).sum())} frames keep the source mouth, {fading} fade in or out")
 
-    # All mouth latents first (16 KB per frame), then the UNet goes before anything is decoded: its fp32 weights
-    # (3.2 GB) and the decoder's activations (1.7 GB at batch 8) never share the memory.
-    samples = generate_latents(models, prepared.sources, features, source_index, options.batch_size, weights)
-    del features
-    _release(models, options, "unet")
-
     height, width = source.size
     window = FrameWindow(source, max(options.batch_size, WINDOW_BYTES // (height * width * 3)))
     writer = BackgroundWriter(VideoWriter(out, source.fps, source.size, audio=(waveform, sample_rate)))
+    chunks = output_chunks(len(source_index), unet_frames(prepared.sources, source_index, weights),
+                           options.batch_size, CHUNK_FRAMES)
+    progress = models.runtime.progress(len(source_index))
     pngs = reader = None
-    log(f"frames: decoding, pasting and writing {len(source_index)}")
+    log(f"frames: generating, decoding, pasting and writing {len(source_index)} in {len(chunks)} chunk(s)")
     try:
         # the PNGs go to a temporary folder beside frames_dir that replaces it once the video is whole (outputs.py)
         pngs = PendingFolder(frames_dir) if frames_dir else None
-        # the source frames of the next batch are read while this one is decoded and pasted
+        # the source frames of the next batch are read while this one is decoded and pasted (chunks end between
+        # batches, so the batches are those of one pass)
         reader = ReadAhead(window, [source_index[start:start + options.batch_size].tolist()
                                     for start in range(0, len(source_index), options.batch_size)])
-        for batch in render_frames(models, faces, samples, source_index, reader, options.batch_size, weights):
-            frames = batch.numpy()
-            if pngs:
-                _write_pngs(frames, pngs.temp, writer.frames_written)
-            if on_frames is not None:
-                on_frames(writer.frames_written, frames)
-            writer.write(frames)
+        for first, stop in chunks:
+            # the frames' bar is the job's one bar: a chunk's UNet steps are not counted on a bar of their own
+            samples = generate_latents(models, prepared.sources, features, source_index[first:stop],
+                                       options.batch_size, weights[first:stop], first, Progress(stop - first))
+            for batch in render_frames(models, faces, samples, source_index[first:stop], reader,
+                                       options.batch_size, weights[first:stop], progress):
+                frames = batch.numpy()
+                if pngs:
+                    _write_pngs(frames, pngs.temp, writer.frames_written)
+                if on_frames is not None:
+                    on_frames(writer.frames_written, frames)
+                writer.write(frames)
         writer.close()
         if pngs:
             pngs.commit()
@@ -150,7 +157,28 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
         writer.abort()  # after an error or interrupt: stop the encoding thread, delete the unfinished file
         if pngs:
             pngs.discard()
+    _release(models, options, "unet")
     return writer.frames_written
+
+
+def output_chunks(count, active, batch_size, target):
+    """[(first, stop)] ranges of the `count` output frames, each about `target` long, together covering them all.
+
+    active: positions of the frames that get a UNet step (`lipsync.unet_frames`). A cut falls only after a whole
+    number of batches of output frames (the decode's batches) and of active frames (the UNet's), so every network
+    sees the batches of one pass over all frames and the chunks change no number; without such a place the rest is
+    one chunk."""
+    is_active = torch.zeros(count, dtype=torch.bool)
+    is_active[active] = True
+    active_before = torch.cumsum(is_active, 0).tolist()  # active_before[b - 1]: active frames among 0..b-1
+    chunks, first, cut = [], 0, target
+    while cut < count:
+        if cut % batch_size == 0 and active_before[cut - 1] % batch_size == 0:
+            chunks.append((first, cut))
+            first, cut = cut, cut + target
+        else:
+            cut += 1
+    return chunks + [(first, count)]
 
 
 def analyse(models, frames, options, boxes=None, crops_to=None):

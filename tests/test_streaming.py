@@ -99,6 +99,35 @@ def test_source_frames_held_do_not_grow_with_the_clip(models_dir, tmp_path, monk
             assert np.array_equal(np.asarray(Image.open(tmp_path / "96" / "png" / written[t])), decoded[order[t]])
 
 
+def test_chunks_of_output_frames_change_no_frame(models_dir, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    _lipsync(models_dir, str(whole), 32, monkeypatch)
+    chunked = tmp_path / "chunked"
+    chunked.mkdir()
+    monkeypatch.setattr(pipeline, "CHUNK_FRAMES", 8)
+    chunks = []
+    real_generate = pipeline.generate_latents
+    monkeypatch.setattr(pipeline, "generate_latents",
+                        lambda models, sources, features, index, *args: chunks.append(len(index))
+                        or real_generate(models, sources, features, index, *args))
+    _lipsync(models_dir, str(chunked), 32, monkeypatch)
+    assert len(chunks) > 1 and sum(chunks) == 48
+    names = sorted(os.listdir(whole / "png"))
+    assert names == sorted(os.listdir(chunked / "png")) and len(names) == 48
+    for name in names:
+        assert (whole / "png" / name).read_bytes() == (chunked / "png" / name).read_bytes()
+
+
+def test_output_chunks_cut_only_between_whole_batches():
+    assert pipeline.output_chunks(20, list(range(20)), 8, 1024) == [(0, 20)]
+    assert pipeline.output_chunks(3000, list(range(3000)), 8, 1024) == [(0, 1024), (1024, 2048), (2048, 3000)]
+    # faces on frames 1, 5, 9, 13 and batches of 3: the first place after 4 frames where both the output frames
+    # and the frames with a UNet step before it fill whole batches is frame 12; none comes after it
+    assert pipeline.output_chunks(30, [1, 5, 9, 13], 3, 4) == [(0, 12), (12, 30)]
+    assert pipeline.output_chunks(10, [], 8, 4) == [(0, 8), (8, 10)]
+
+
 def test_frame_window_reads_runs_both_ways():
     class Ramp:
         count, size = 50, (2, 2)
