@@ -245,7 +245,7 @@ def _run_lipsync(args):
     check_lipsync_outputs(args.out, args.frames_dir, args.video, args.audio)
     options = LipSyncOptions(batch_size=args.batch_size, **_video_settings(args), **_speech_settings(args))
     models = _models(args, args.version, lambda: (open_frames(args.video, args.fps), read_audio(args.audio)))
-    count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir)
+    count = lipsync(models, args.video, args.audio, args.out, options, args.frames_dir, log=print)
     print(f"wrote {args.out}: {count} frames")
     return 0
 

@@ -59,7 +59,7 @@ class PreparedVideo:
     sources: object  # SourceLatents
 
 
-def lipsync(models, video, audio, out, options=None, frames_dir=None, log=print):
+def lipsync(models, video, audio, out, options=None, frames_dir=None, log=log.info):
     """Lip-sync `video` (file, image or folder of frames) to the speech in `audio`; writes `out` (mp4).
 
     Returns the number of frames written: floor(seconds * fps) for v1.5 (per `options.cycle`).
