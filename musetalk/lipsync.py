@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .batching import fitting_batch_size, in_batches
 from .compose import pasted_batches
 from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents, unscale
 
@@ -167,9 +168,18 @@ def render_frames(models, faces, samples, source_index, read_frames, batch_size=
     """
     vae = models.vae()
     models.runtime.load(vae)
+    decode_size = fitting_batch_size(vae, batch_size, "decode")
 
     def decoded(start, active):
-        return decode_batch(vae, samples[start:start + batch_size][active])
+        # a decode that does not fit is run again in halves (the frames stay as read); the size that fitted is kept
+        nonlocal decode_size
+        latents = samples[start:start + batch_size][active]
+        parts = list(in_batches(lambda first, end: decode_batch(vae, latents[first:end]), len(latents), decode_size,
+                                "VAE decoding"))
+        largest = max(end - first for first, end, _ in parts)
+        if largest < min(decode_size, len(latents)):
+            decode_size = largest
+        return torch.cat([faces for _, _, faces in parts])
 
     for frames, _ in pasted_batches(models.runtime, faces, source_index, read_frames, batch_size, decoded, weights,
                                     progress):

@@ -84,3 +84,51 @@ def test_the_unet_stage_survives_out_of_memory_with_the_same_results():
     context = inpaint.audio_context(features, "cpu", torch.float32)
     expected = latents[index][:, :4] + context.mean(dim=(1, 2))[:, None, None, None]
     torch.testing.assert_close(predicted, expected)
+
+
+class TinyVAE(torch.nn.Module):
+    """Decodes each latent to a flat grey face of its mean; out of memory above `limit` items."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+
+    def decode(self, latents):
+        self.sizes.append(len(latents))
+        if len(latents) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return latents.mean(dim=(1, 2, 3))[:, None, None, None].tanh().expand(-1, 3, 256, 256)
+
+
+class FacesEverywhere:
+    """A face track whose every frame has a face (the paste itself is replaced in the test)."""
+
+    def __init__(self, count):
+        self.paste_boxes = [(0, 0, 256, 256)] * count
+
+
+def render(vae_limit, monkeypatch):
+    from musetalk import compose, lipsync
+    from musetalk.runtime import StandaloneRuntime
+
+    def paste_whole_face(faces, frames, sources, active, generated, levels=None):
+        frames[active] = generated
+        return frames
+
+    monkeypatch.setattr(compose, "paste_mouths", paste_whole_face)
+    vae = ManagedModel(TinyVAE(vae_limit), "vae", torch.device("cpu"), torch.float32)
+    models = TinyModels(StandaloneRuntime("cpu"), None)
+    models.vae = lambda: vae
+    samples = torch.randn(19, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([0, 1, 2, 2, 1, 0, 0, 1, 2] * 2 + [0])
+    frames = list(lipsync.render_frames(models, FacesEverywhere(3), samples, index,
+                                        lambda sources: torch.zeros(len(sources), 256, 256, 3, dtype=torch.uint8),
+                                        batch_size=8))
+    return torch.cat(frames), vae.module.sizes
+
+
+def test_the_decode_survives_out_of_memory_with_the_same_frames(monkeypatch):
+    expected, _ = render(19, monkeypatch)
+    frames, sizes = render(2, monkeypatch)
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2  # the size that fitted is kept for the later batches
+    assert torch.equal(frames, expected) and len(frames) == 19

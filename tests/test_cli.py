@@ -92,7 +92,8 @@ def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
     assert files.missing("v1.5") == ["unet", "vae", "whisper", "dwpose", "face_parsing", "s3fd"]
     import musetalk.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "lipsync", lambda models, *args: calls.append(models.files.missing("v1.5")) or 1)
+    monkeypatch.setattr(pipeline, "lipsync",
+                        lambda models, *args, **kwargs: calls.append(models.files.missing("v1.5")) or 1)
     _write_frames(tmp_path / "frames", fixture_inputs()["frames_bgr"][:1])
     status = cli.main(["lipsync", "--video", str(tmp_path / "frames"), "--audio", os.path.join(FIXTURES, "input_a16.wav"),
                        "--out", str(tmp_path / "o.mp4"), "--models", str(root)])
