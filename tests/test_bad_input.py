@@ -109,7 +109,7 @@ def test_finished_run_replaces_the_earlier_video_and_frames(job, capsys):
 def test_the_command_line_reports_progress_per_batch(job, capsys):
     status, out, _ = run_cli(capsys, *lipsync_args(job, job["dir"] / "out.mp4", "--batch-size", "4"))
     lines = out.splitlines()
-    start = lines.index("frames: decoding, pasting and writing 12")
+    start = lines.index("frames: generating, decoding, pasting and writing 12 in 1 chunk(s)")
     assert status == 0 and lines[start + 1:start + 4] == ["  4/12", "  8/12", "  12/12"]
     assert "audio features (whisper)" in lines and "faces of source frames 0..9: crops, masks and VAE encoding" in lines
 
