@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from musetalk import face, lipsync, masks, pipeline
+from musetalk import audio_offset, compose, face, lipsync, masks, pipeline
 from musetalk.models import ModelFiles, MuseTalkModels
 from musetalk.networks.rtmpose import estimate_keypoints
 from musetalk.networks.s3fd import detect_faces
@@ -38,13 +38,13 @@ from .measure import Stage, format_table, gemm_rate, load_average, peak_rss, res
 FIXTURES = os.path.join(REPO, "tests", "data", "fixtures")
 # (label, owner, attribute, per): the functions the pipeline calls for each stage, as it looks them up
 STAGES = [
-    ("audio features (whisper)", pipeline, "extract_features", "output"),
+    ("audio features (whisper)", audio_offset, "extract_features", "output"),
     ("face masks (BiSeNet + steps)", masks, "blend_masks", "source"),
     ("network crops (LANCZOS)", face, "network_crop", "source"),
     ("VAE encode (2 per source)", lipsync, "encode_sources", "source"),
     ("UNet", lipsync, "inpaint_latents", "output"),
     ("VAE decode", lipsync, "decode_batch", "output"),
-    ("paste on device", lipsync, "paste_faces", "output"),
+    ("paste on device", compose, "paste_faces_into", "output"),
     ("H.264 write", VideoWriter, "write", "output"),
 ]
 

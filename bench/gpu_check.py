@@ -1,5 +1,6 @@
 """The device check behind bench/gpu_check.sh: parity with the CPU, prepared-avatar and end-to-end frame rates, peak
-device memory and the share of time beyond UNet + decode, printed as one table.
+device memory, the share of time beyond UNet + decode, and whether channels-last, torch.compile or CUDA graphs make
+the UNet and the decoder faster, printed as one table.
 
     python -m bench.gpu_check --small DIR --full DIR [--device cuda] [--quick]
 
@@ -26,7 +27,7 @@ from musetalk.runtime import StandaloneRuntime
 
 from . import bench_avatar
 from .bench_pipeline import write_clip
-from .measure import synchronize
+from .measure import synchronize, timed
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "fixtures")
 # fixtures/README.md: fp32 latents 1e-4; fp16 UNet prediction 2e-3 relative, decoded faces 3 LSB
@@ -117,6 +118,52 @@ def offline_rate(full, device, precision, size, sources, seconds, batch):
         return count, count / (time.perf_counter() - start), peak_gib(device)
 
 
+def layout_variants(unet, vae, device):
+    """(name, UNet call, decode call) for each way of running the two per-frame networks this check compares; the
+    engine runs the first. Channels-last comes last because it converts the loaded weights in place."""
+    yield "default", unet, vae.decode
+    yield "torch.compile", torch.compile(unet), torch.compile(vae.decode)
+    if torch.device(device).type == "cuda":  # CUDA graphs replay the whole network without launch overhead
+        yield "compile + CUDA graphs", torch.compile(unet, mode="reduce-overhead"), \
+            torch.compile(vae.decode, mode="reduce-overhead")
+    unet.to(memory_format=torch.channels_last)
+    vae.to(memory_format=torch.channels_last)
+    yield "channels_last", unet, vae.decode
+
+
+def layout_rates(full, device, precision, batch, repeats=3):
+    """Rows (variant, first call s, UNet ms per frame, decode ms per frame, max |diff| of the decoded faces against
+    the default) for the UNet and the VAE decoder, which every output frame runs: whether channels-last,
+    `torch.compile` or CUDA graphs pay, and what compiling costs at the start. A variant that fails is reported with
+    its error instead of its figures."""
+    from musetalk.networks.unet import audio_positional_encoding
+
+    models = MuseTalkModels("v1.5", ModelFiles([full]), StandaloneRuntime(device), precision)
+    unet, vae = models.unet(), models.vae()
+    models.runtime.load(unet)
+    models.runtime.load(vae)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, 8, 32, 32, generator=generator).to(device, unet.dtype)
+    audio = (torch.randn(batch, 50, 384, generator=generator) + audio_positional_encoding()).to(device, unet.dtype)
+    timestep = torch.tensor([0], device=device)
+    face_latents = torch.randn(batch, 4, 32, 32, generator=generator).to(device, vae.dtype)
+    rows, reference = [], None
+    with torch.inference_mode():
+        for name, run_unet, run_decode in layout_variants(unet.module, vae.module, device):
+            try:
+                first = timed(lambda: (run_unet(latents, timestep, audio), run_decode(face_latents)), device)[0]
+                unet_s = min(timed(lambda: run_unet(latents, timestep, audio), device)[0] for _ in range(repeats))
+                decode_s = min(timed(lambda: run_decode(face_latents), device)[0] for _ in range(repeats))
+                faces = run_decode(face_latents).float()
+            except Exception as error:  # a variant the installed torch cannot run is a finding, not a stop
+                rows.append((name, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:60]}"))
+                continue
+            reference = faces if reference is None else reference
+            rows.append((name, first, 1000 * unet_s / batch, 1000 * decode_s / batch,
+                         float((faces - reference).abs().max())))
+    return rows
+
+
 def reset_peak(device):
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -166,6 +213,16 @@ def main(argv=None):
                  f"{batches[-1] if args.quick else 16:5d} | {fps:10.2f} | 5x official | see README")
     emit(f"offline | peak device memory, GiB                | {offline_precision:9} |     - | {gib:10.2f} | "
                  "-           | -")
+    layout_precision, layout_batch = precisions[0], batches[-1] if args.quick else 16
+    for row in layout_rates(args.full, args.device, layout_precision, layout_batch):
+        if len(row) == 2:
+            emit(f"layout  | {row[0]:38} | {layout_precision:9} | {layout_batch:5d} | {row[1]}")
+            continue
+        name, first, unet_ms, decode_ms, diff = row
+        emit(f"layout  | {name + ', UNet + decode ms/frame':38} | {layout_precision:9} | {layout_batch:5d} | "
+             f"{unet_ms + decode_ms:10.2f} | -           | -")
+        emit(f"layout  | {name + ', first call s / max diff':38} | {layout_precision:9} | {layout_batch:5d} | "
+             f"{first:10.1f} | {diff:.1e}     | -")
     emit(f"(check took {time.perf_counter() - began:.0f} s)")
     return 0
 
