@@ -51,16 +51,17 @@ def vae_inputs(crops):
 
 
 @torch.no_grad()
-def encode_sources(models, crops, batch_size=8):
+def encode_sources(models, crops, batch_size=8, progress=None):
     """Latents of the source face crops: float32 [N,8,32,32] on the runtime's storage device.
 
     `crops`: uint8 RGB [N,256,256,3]. Channels 0-3 encode the masked crop, 4-7 the full crop, each the posterior
-    mean times 0.18215 (computed in the VAE dtype, as the official code scales the VAE output).
+    mean times 0.18215 (computed in the VAE dtype, as the official code scales the VAE output). progress: what
+    counts the encoded crops (default: a new `runtime.progress`).
     """
     crops = crops_tensor(crops)
     runtime, vae = models.runtime, models.vae()
     runtime.load(vae)
-    progress = runtime.progress(len(crops))
+    progress = progress or runtime.progress(len(crops))
 
     def encode(start, end):
         runtime.check_interrupt()

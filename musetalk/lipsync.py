@@ -16,6 +16,7 @@ import torch
 from .batching import fitting_batch_size, in_batches
 from .compose import pasted_batches
 from .inpaint import LATENT_SIZE, crops_tensor, decode_batch, encode_sources, inpaint_latents, unscale
+from .runtime import Progress
 
 
 @dataclass
@@ -102,7 +103,8 @@ class LatentStream:
         return SourceLatents.of_faces(faces, torch.cat(self._latents))
 
     def _encode(self, crops):
-        self._latents.append(encode_sources(self._models, torch.stack(crops), self._batch_size))
+        # counted on the face stage's bar: a bar per handful of crops would replace it on the node every few frames
+        self._latents.append(encode_sources(self._models, torch.stack(crops), self._batch_size, Progress(len(crops))))
 
 
 def encoder_key(models):

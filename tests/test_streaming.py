@@ -198,6 +198,24 @@ def test_latent_stream_gives_the_latents_of_one_encode(models_dir):
     assert torch.equal(streamed, whole) and streamed.stride() == whole.stride()
 
 
+def test_latent_stream_opens_no_progress_bar_of_its_own(models_dir):
+    """Its crops are counted on the face stage's bar: in ComfyUI a bar per handful of crops would replace that one."""
+    class CountingRuntime(StandaloneRuntime):
+        bars = 0
+
+        def progress(self, total):
+            CountingRuntime.bars += 1
+            return super().progress(total)
+
+    models = MuseTalkModels("v1.5", ModelFiles([models_dir]), CountingRuntime("cpu"))
+    crops = torch.zeros(5, 256, 256, 3, dtype=torch.uint8)
+    stream = LatentStream(models, 2)
+    stream.add(list(range(5)), crops)
+    assert CountingRuntime.bars == 0  # two batches of two were encoded
+    encode_sources(models, crops[:2])
+    assert CountingRuntime.bars == 1
+
+
 class SlowWriter:
     path = "slow.mp4"
 
