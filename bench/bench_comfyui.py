@@ -130,9 +130,10 @@ def main(argv=None):
     first = results[0]
     for result in results[1:]:
         growth = result["peak_mib"] / first["peak_mib"] - 1
-        print(f"{args.path}: {result['seconds']:g} s peaks {100 * growth:+.1f}% against {first['seconds']:g} s "
-              f"({(result['peak_mib'] - first['peak_mib']) / (result['seconds'] - first['seconds']):.1f} MiB per "
-              "second of 1080p)")
+        longer = result["seconds"] - first["seconds"]
+        # a repeated length (--seconds 60,60) measures the run-to-run spread, which has no per-second slope
+        slope = f" ({(result['peak_mib'] - first['peak_mib']) / longer:.1f} MiB per second of 1080p)" if longer else ""
+        print(f"{args.path}: {result['seconds']:g} s peaks {100 * growth:+.1f}% against {first['seconds']:g} s{slope}")
 
 
 if __name__ == "__main__":
