@@ -49,7 +49,7 @@ def _add_download(commands):
 
 
 def _run_download(args):
-    download(args.version, args.to)
+    download(args.version, args.to, log=print)
     return 0
 
 
@@ -234,7 +234,7 @@ def _models(args, version, check_inputs):
     if missing:
         check_inputs()
         print(f"MuseTalk {version} weights are missing in {root} ({', '.join(missing)}): downloading them")
-        download(version, root)
+        download(version, root, log=print)
     return MuseTalkModels(version, files, StandaloneRuntime(device, report=print), args.precision)
 
 
@@ -263,7 +263,7 @@ def _run_avatar_prepare(args):
     check_avatar_output(path, source)
     models = _models(args, args.version, lambda: None)
     print(f"{args.video}: {source.count} frames of {source.size[1]}x{source.size[0]} at {source.fps:g} fps")
-    faces = prepare_avatar_file(models, source, path, options, boxes)
+    faces = prepare_avatar_file(models, source, path, options, boxes, report=print)
     print(f"wrote the avatar {args.name!r} to {path}: {len(faces)} frames, {sum(faces.has_face)} with a face")
     return 0
 

@@ -49,7 +49,7 @@ def check_avatar_output(path, source):
                           f"space), but {folder} has {free / 2 ** 30:.1f} GiB free\n  fix: {SPACE_FIX}")
 
 
-def prepare_avatar_file(models, source, path, options, boxes=None, report=print):
+def prepare_avatar_file(models, source, path, options, boxes=None, report=log.info):
     """Analyse and encode every frame of `source` (a video.FrameSource) and save the avatar to `path`.
 
     options: a pipeline.LipSyncOptions (its face settings and batch size apply); boxes: per-frame face boxes

@@ -6,6 +6,7 @@ records, and only then renamed into place: the models folder never holds a half-
 Hugging Face cache with its symlinks. A transfer that breaks off resumes where it stopped on the next run.
 """
 import http.client
+import logging
 import os
 import shutil
 import urllib.error
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 from .checksums import file_sha256
 from .models import VERSIONS, load_manifest, manifest_files, standalone_models_dir
+
+log = logging.getLogger("musetalk")
 
 STAGING_DIR = ".download"  # inside the models folder, so the final rename stays on one filesystem and is atomic
 CHUNK = 1 << 20
@@ -56,7 +59,7 @@ def verify(models_dir, version="v1.5", manifest=None):
     return [FileCheck(*_check_place(models_dir, entry, manifest)) for entry in _entries(version, manifest)]
 
 
-def download(version="v1.5", to=None, log=print, manifest=None):
+def download(version="v1.5", to=None, log=log.info, manifest=None):
     """Fetch what `version` needs into the models folder `to` (default: standalone_models_dir()); returns its path.
 
     Files already present and valid are kept; a present file of the wrong size or sha256 is reported and replaced.

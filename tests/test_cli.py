@@ -82,7 +82,7 @@ def test_cli_fetches_missing_weights_first(models_dir, tmp_path, monkeypatch):
     root = tmp_path / "models"
     calls = []
 
-    def fake_download(version, to):
+    def fake_download(version, to, log):
         calls.append((version, to))
         shutil.copytree(models_dir, to, dirs_exist_ok=True, symlinks=True)
 
