@@ -140,6 +140,11 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
             # the frames' bar is the job's one bar: a chunk's UNet steps are not counted on a bar of their own
             samples = generate_latents(models, prepared.sources, features, source_index[first:stop],
                                        options.batch_size, weights[first:stop], first, Progress(stop - first))
+            if models.runtime.device.type == "cpu":
+                # the UNet's weights and the decoder's activations would be resident together: in host memory that
+                # is the job's peak, while loading the UNet again for the next chunk costs a small fraction of the
+                # chunk's work on a CPU (on a GPU it would cost about as much as the chunk, so it stays there)
+                _release(models, options, "unet")
             for batch in render_frames(models, faces, samples, source_index[first:stop], reader,
                                        options.batch_size, weights[first:stop], progress):
                 frames = batch.numpy()
