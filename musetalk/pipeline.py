@@ -144,7 +144,7 @@ def lipsync_stream(models, source, speech, out, options=None, boxes=None, prepar
                 # the UNet's weights and the decoder's activations would be resident together: in host memory that
                 # is the job's peak, while loading the UNet again for the next chunk costs a small fraction of the
                 # chunk's work on a CPU (on a GPU, copying its weights over again would be a sizeable share of a
-                # chunk's work, and device memory is not held by the decode's host-side data, so it stays there)
+                # chunk's work, so it stays there)
                 _release(models, options, "unet")
             for batch in render_frames(models, faces, samples, source_index[first:stop], reader,
                                        options.batch_size, weights[first:stop], progress):
