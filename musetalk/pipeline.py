@@ -5,11 +5,12 @@ It runs the same stages as the five ComfyUI nodes, in the same order and with th
 audio -> features, frames -> faces -> source latents -> mouth latents -> pasted frames. Host memory stays flat in
 the video's length: source frames are read a detector batch at a time for the face analysis (whose crops go straight
 into the VAE) and again, in runs, to paste on; then, CHUNK_FRAMES output frames at a time, the UNet makes their mouth
-latents, which are decoded, pasted and written a batch at a time (so the UNet stays loaded while the VAE decodes),
-the next batch's source frames read and the H.264 encoding done on worker threads meanwhile (`video.ReadAhead`,
-`video.BackgroundWriter`). What grows with the length is small per frame: boxes, compressed blend masks (~20 KB at
-1080p), source latents (32 KB) and the whisper encoder output (15 KB per output frame at 25 fps; each batch's
-tokens are built from it when the UNet needs them).
+latents, which are decoded, pasted and written a batch at a time (the UNet stays loaded while the VAE decodes,
+except on a CPU with `release_networks`, where host memory is the limit), the next batch's source frames read and
+the H.264 encoding done on worker threads meanwhile (`video.ReadAhead`, `video.BackgroundWriter`). What grows with
+the length is small per frame: boxes, compressed blend masks (~20 KB at 1080p), source latents (32 KB) and the
+whisper encoder output (15 KB per output frame at 25 fps; each batch's tokens are built from it when the UNet needs
+them).
 """
 import logging
 import os

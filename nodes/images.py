@@ -18,6 +18,9 @@ def to_uint8(images, chunk=16):
     return frames
 
 
-def to_image(frames):
-    """uint8 frames [B,H,W,C] -> IMAGE float32 on the CPU."""
-    return torch.as_tensor(frames).cpu().float().div_(255.0)
+def to_image(frames, out=None):
+    """uint8 frames [B,H,W,C] -> IMAGE float32 on the CPU; written into `out` (a float32 CPU tensor of that shape,
+    e.g. a slice of a larger IMAGE) when given, without a float copy besides it."""
+    if out is None:
+        return torch.as_tensor(frames).cpu().float().div_(255.0)
+    return out.copy_(torch.as_tensor(frames)).div_(255.0)

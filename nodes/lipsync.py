@@ -13,7 +13,7 @@ from ..musetalk.lipsync import SourceLatents, generate_latents, render_frames
 from ..musetalk.silence import SilenceSettings, mouth_weights
 from ..musetalk.video import fit_audio
 from . import comfy_runtime, inputs, sockets
-from .images import to_uint8
+from .images import to_image, to_uint8
 
 
 class LatentLipInpaint:
@@ -140,8 +140,7 @@ def _gathered(batches, count, images):
     output = torch.empty((count, *images.shape[1:]), dtype=torch.float32)
     done = 0
     for batch in batches:
-        # converted in place, as `images.to_image` converts: no float copy of the batch besides the output
-        output[done:done + len(batch)].copy_(batch).div_(255.0)
+        to_image(batch, out=output[done:done + len(batch)])
         done += len(batch)
     return output
 

@@ -112,7 +112,8 @@ class MuseTalkAvatarLipSyncVideo(ReadsSavedAvatar, WritesVideo):
     def lipsync(self, model, avatar, audio, batch_size, cycle, silence="generate",
                 silence_threshold_db=SilenceSettings.threshold_dbfs, audio_offset_ms=0.0):
         path = comfy_runtime.avatar_path(avatar)
-        source, prepared = lipsync_input(path, load_avatar(path, model, mapped=True), model)
+        # lipsync_input checks the avatar's MuseTalk version against the model
+        source, prepared = lipsync_input(path, load_avatar(path, mapped=True), model)
         options = lipsync_options(batch_size, cycle, silence, silence_threshold_db, audio_offset_ms)
         return lipsync_to_video(model, source, audio, options, prepared=prepared)
 
